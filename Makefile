@@ -1,0 +1,56 @@
+SHELL := /bin/bash
+# grmseg: every target creates or refreshes what it needs, idempotently.
+#   make demo       GRM inside a torchvision DeepLabV3: one training step on the CPU, with timings
+#   make test       build (CUDA part too when nvcc is present) and run the whole test suite
+#   make bench      kernel microbenchmarks on the current device -> bench-out/
+#   make gpu-check  on a GPU machine: current python, no venv, no network; results under $OUT
+#   make lint       ruff
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+# torch 2.14.1 is the CUDA-13 build: CUDA sources compile against it, and it runs fine without a GPU.
+DEPS   := torch==2.14.1 torchvision==0.29.1 numpy ninja pytest ruff
+DEPS_STAMP  := $(VENV)/.grmseg-deps
+BUILD_STAMP := $(VENV)/.grmseg-build
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: env build demo test bench lint gpu-check clean
+
+env: $(DEPS_STAMP)
+
+$(DEPS_STAMP): Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q $(DEPS)
+	touch $@
+
+build: $(BUILD_STAMP)
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: build
+	$(VPY) -m grmseg demo
+
+test: build
+	$(VPY) -m pytest -q tests
+
+bench: build
+	$(VPY) -m benchmarks --out bench-out
+
+lint: env
+	$(VENV)/bin/ruff check grmseg benchmarks tests
+
+OUT ?= gpu-check-out
+gpu-check:
+	mkdir -p "$(OUT)"
+	$(PYTHON) -m pip install --no-build-isolation --no-deps -e . 2>&1 | tee "$(OUT)/build.log"
+	$(PYTHON) -c "import grmseg; print(grmseg.build_summary())" 2>&1 | tee "$(OUT)/backends.log"
+	$(PYTHON) -m pytest -q tests --junitxml="$(OUT)/tests.xml" 2>&1 | tee "$(OUT)/tests.log"; \
+	  status=$${PIPESTATUS[0]}; \
+	  $(PYTHON) -m benchmarks --out "$(OUT)" 2>&1 | tee "$(OUT)/bench.log"; \
+	  exit $$status
+
+clean:
+	rm -rf build *.egg-info grmseg/*.so bench-out $(BUILD_STAMP)

@@ -1,0 +1,141 @@
+"""Backend registry and selection for the op layer.
+
+A backend is a module under ``grmseg.ops.impl`` that defines
+
+* ``NAME`` (str),
+* ``status(device_type: str) -> tuple[bool, str]``: whether it runs on that device type, and why not,
+* ``kernels(device_type: str) -> frozenset[str]``: the kernel names it implements for that device type,
+* one function per kernel name, e.g. ``grm_project_forward(x, w, b) -> (h, m)``.
+
+The kernel names and signatures are those of ``grmseg.reference`` with ``_forward`` appended to the forward
+functions (``grm_project_forward``, ``grm_project_backward``, ``grm_reproject_forward``, ...). Kernels get
+validated tensors (possibly non-contiguous) and return contiguous outputs in the input dtype.
+
+Selection happens at run time inside the registered ``torch.library`` ops, so ``torch.compile`` never traces
+it. ``backend="auto"`` (the default) takes ``$GRMSEG_BACKEND`` when set, else the first backend in the
+device's preference order that is available and implements the kernel. A named backend must be available
+on the device; a kernel it does not implement yet falls back to ``reference`` (same math).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+BACKEND_NAMES = ("reference", "triton", "csrc")
+ENV_VAR = "GRMSEG_BACKEND"
+_PREFERENCE = {"cuda": ("triton", "csrc", "reference"), "cpu": ("csrc", "reference")}
+_DEVICE_TYPES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What one backend offers on this machine."""
+
+    name: str
+    available: dict[str, bool]
+    reason: dict[str, str]
+    kernels: dict[str, tuple[str, ...]]
+
+    def __str__(self) -> str:
+        parts = []
+        for dev in _DEVICE_TYPES:
+            ok = self.available.get(dev, False)
+            parts.append(f"{dev}: {'yes' if ok else 'no (' + self.reason.get(dev, '') + ')'}")
+        counts = ", ".join(f"{dev} {len(self.kernels.get(dev, ()))}" for dev in _DEVICE_TYPES)
+        return f"{self.name:<9} " + "; ".join(parts) + f"; kernels: {counts}"
+
+
+@functools.cache
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"grmseg.ops.impl.{name}")
+    except ImportError:
+        return None
+
+
+@functools.cache
+def _import_error(name: str) -> str:
+    try:
+        importlib.import_module(f"grmseg.ops.impl.{name}")
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    return ""
+
+
+@functools.cache
+def _status(name: str, device_type: str) -> tuple[bool, str]:
+    mod = _module(name)
+    if mod is None:
+        return False, _import_error(name)
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False, "no CUDA device is visible"
+    return mod.status(device_type)
+
+
+@functools.cache
+def _kernels(name: str, device_type: str) -> frozenset[str]:
+    mod = _module(name)
+    return frozenset() if mod is None else frozenset(mod.kernels(device_type))
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Report every backend: whether it runs on CPU and CUDA tensors here, why not, and its kernels.
+
+    Returns:
+        ``{name: BackendStatus}`` for ``reference``, ``triton`` and ``csrc``.
+    """
+    out = {}
+    for name in BACKEND_NAMES:
+        statuses = {dev: _status(name, dev) for dev in _DEVICE_TYPES}
+        out[name] = BackendStatus(
+            name=name,
+            available={dev: ok for dev, (ok, _) in statuses.items()},
+            reason={dev: why for dev, (ok, why) in statuses.items() if not ok},
+            kernels={dev: tuple(sorted(_kernels(name, dev))) for dev in _DEVICE_TYPES},
+        )
+    return out
+
+
+def _requested(backend: str) -> str:
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+    if backend != "auto" and backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+    return backend
+
+
+def check_backend_name(backend: str) -> None:
+    """Raise ValueError for a backend name that does not exist (cheap; used by the public ops)."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in BACKEND_NAMES):
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+
+
+@functools.cache
+def _resolve(kernel: str, device_type: str, requested: str) -> str:
+    if requested == "auto":
+        for name in _PREFERENCE.get(device_type, ("reference",)):
+            if kernel in _kernels(name, device_type) and _status(name, device_type)[0]:
+                return name
+        return "reference"
+    ok, why = _status(requested, device_type)
+    if not ok:
+        raise RuntimeError(f"grmseg backend {requested!r} is not available for {device_type} tensors: {why}")
+    return requested if kernel in _kernels(requested, device_type) else "reference"
+
+
+def selected(kernel: str, device: torch.device | str, backend: str = "auto") -> str:
+    """The name of the backend that runs ``kernel`` (e.g. ``"grm_project_forward"``) on ``device``."""
+    return _resolve(kernel, torch.device(device).type, _requested(backend))
+
+
+def kernel(name: str, device: torch.device, backend: str) -> Callable:
+    """The function that implements kernel ``name`` for tensors on ``device``."""
+    chosen = _resolve(name, device.type, _requested(backend))
+    return getattr(_module(chosen), name)

@@ -1,0 +1,187 @@
+"""``torch.library`` registration of every op: custom ops, fake (shape) functions and autograd.
+
+Each op is a ``torch.library.custom_op`` in the ``grmseg`` namespace whose body picks the backend kernel at
+run time, so ``torch.compile(fullgraph=True)`` keeps it as one opaque node. The differentiable ops save only
+their inputs (and, for graph_conv, the small output) and recompute the ``[B, K, P]`` assignment in backward.
+The trailing ``backend`` string is ``"auto"`` or a backend name (see ``grmseg.ops._backends``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from grmseg.ops import _backends
+
+
+def _run(kernel: str, device: torch.device, backend: str, *args):
+    out = _backends.kernel(kernel, device, backend)(*args)
+    if isinstance(out, tuple):
+        return tuple(None if t is None else t.contiguous() for t in out)
+    return out.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- grm_project
+@torch.library.custom_op("grmseg::grm_project", mutates_args=())
+def grm_project(x: Tensor, w: Tensor, b: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    return _run("grm_project_forward", x.device, backend, x, w, b)
+
+
+@grm_project.register_fake
+def _(x, w, b, backend):
+    bsz, c, _ = x.shape
+    k = w.shape[0]
+    return x.new_empty(bsz, k, c), x.new_empty(bsz, k)
+
+
+@torch.library.custom_op("grmseg::grm_project_backward", mutates_args=())
+def grm_project_backward(
+    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor, backend: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _run("grm_project_backward", x.device, backend, gh, gm, x, w, b)
+
+
+@grm_project_backward.register_fake
+def _(gh, gm, x, w, b, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), w.new_empty(w.shape), b.new_empty(b.shape)
+
+
+def _project_setup(ctx, inputs, output):
+    x, w, b, backend = inputs
+    ctx.save_for_backward(x, w, b)
+    ctx.backend = backend
+
+
+def _project_bwd(ctx, gh, gm):
+    x, w, b = ctx.saved_tensors
+    gx, gw, gb = grm_project_backward(gh.to(x.dtype), gm.to(x.dtype), x, w, b, ctx.backend)
+    return gx, gw, gb, None
+
+
+grm_project.register_autograd(_project_bwd, setup_context=_project_setup)
+
+
+# -------------------------------------------------------------------------------------------- grm_reproject
+@torch.library.custom_op("grmseg::grm_reproject", mutates_args=())
+def grm_reproject(x: Tensor, q: Tensor, v: Tensor, backend: str) -> Tensor:
+    return _run("grm_reproject_forward", x.device, backend, x, q, v)
+
+
+@grm_reproject.register_fake
+def _(x, q, v, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("grmseg::grm_reproject_backward", mutates_args=())
+def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _run("grm_reproject_backward", x.device, backend, gy, x, q, v)
+
+
+@grm_reproject_backward.register_fake
+def _(gy, x, q, v, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), q.new_empty(q.shape), v.new_empty(v.shape)
+
+
+def _reproject_setup(ctx, inputs, output):
+    x, q, v, backend = inputs
+    ctx.save_for_backward(x, q, v)
+    ctx.backend = backend
+
+
+def _reproject_bwd(ctx, gy):
+    x, q, v = ctx.saved_tensors
+    gx, gq, gv = grm_reproject_backward(gy.to(x.dtype), x, q, v, ctx.backend)
+    return gx, gq, gv, None
+
+
+grm_reproject.register_autograd(_reproject_bwd, setup_context=_reproject_setup)
+
+
+# ----------------------------------------------------------------------------------------------- graph_conv
+@torch.library.custom_op("grmseg::graph_conv", mutates_args=())
+def graph_conv(z: Tensor, adj: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, backend: str) -> Tensor:
+    return _run("graph_conv_forward", z.device, backend, z, adj, weight, bias, activation)
+
+
+@graph_conv.register_fake
+def _(z, adj, weight, bias, activation, backend):
+    return z.new_empty(z.shape[0], z.shape[1], weight.shape[1])
+
+
+@torch.library.custom_op("grmseg::graph_conv_backward", mutates_args=())
+def graph_conv_backward(
+    gout: Tensor, out: Tensor, z: Tensor, adj: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    gz, gadj, gweight, gbias = _run(
+        "graph_conv_backward", z.device, backend, gout, out, z, adj, weight, bias, activation
+    )
+    if gbias is None:  # custom ops cannot return None; the autograd wrapper drops it again
+        gbias = gout.new_zeros(0)
+    return gz, gadj, gweight, gbias
+
+
+@graph_conv_backward.register_fake
+def _(gout, out, z, adj, weight, bias, activation, backend):
+    gbias = bias.new_empty(bias.shape) if bias is not None else gout.new_empty(0)
+    return z.new_empty(z.shape), adj.new_empty(adj.shape), weight.new_empty(weight.shape), gbias
+
+
+def _graph_conv_setup(ctx, inputs, output):
+    z, adj, weight, bias, activation, backend = inputs
+    ctx.save_for_backward(output, z, adj, weight, bias)
+    ctx.activation, ctx.backend = activation, backend
+
+
+def _graph_conv_bwd(ctx, gout):
+    out, z, adj, weight, bias = ctx.saved_tensors
+    gz, gadj, gweight, gbias = graph_conv_backward(
+        gout.to(z.dtype), out, z, adj, weight, bias, ctx.activation, ctx.backend
+    )
+    return gz, gadj, gweight, (gbias if bias is not None else None), None, None
+
+
+graph_conv.register_autograd(_graph_conv_bwd, setup_context=_graph_conv_setup)
+
+
+# ------------------------------------------------------------------------ inference ops (no autograd formula)
+@torch.library.custom_op("grmseg::cam", mutates_args=())
+def cam(feat: Tensor, weight: Tensor, labels: Optional[Tensor], backend: str) -> Tensor:
+    return _run("cam_forward", feat.device, backend, feat, weight, labels)
+
+
+@cam.register_fake
+def _(feat, weight, labels, backend):
+    return feat.new_empty(feat.shape[0], weight.shape[0], feat.shape[2], feat.shape[3])
+
+
+@torch.library.custom_op("grmseg::local_affinity", mutates_args=())
+def local_affinity(feat: Tensor, radius: int, num_offsets: int, backend: str) -> Tensor:
+    return _run("local_affinity_forward", feat.device, backend, feat, radius)
+
+
+@local_affinity.register_fake
+def _(feat, radius, num_offsets, backend):
+    return feat.new_empty(feat.shape[0], num_offsets, feat.shape[2], feat.shape[3])
+
+
+@torch.library.custom_op("grmseg::boundary_affinity", mutates_args=())
+def boundary_affinity(boundary: Tensor, radius: int, num_offsets: int, backend: str) -> Tensor:
+    return _run("boundary_affinity_forward", boundary.device, backend, boundary, radius)
+
+
+@boundary_affinity.register_fake
+def _(boundary, radius, num_offsets, backend):
+    return boundary.new_empty(boundary.shape[0], num_offsets, boundary.shape[2], boundary.shape[3])
+
+
+@torch.library.custom_op("grmseg::random_walk", mutates_args=())
+def random_walk(cam: Tensor, aff: Tensor, beta: float, steps: int, backend: str) -> Tensor:
+    return _run("random_walk_forward", cam.device, backend, cam, aff, beta, steps)
+
+
+@random_walk.register_fake
+def _(cam, aff, beta, steps, backend):
+    return torch.empty_like(cam, memory_format=torch.contiguous_format)

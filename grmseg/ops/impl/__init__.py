@@ -1,0 +1,1 @@
+"""Backend implementations of the op kernels; see ``grmseg.ops._backends`` for the contract."""

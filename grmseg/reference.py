@@ -1,0 +1,354 @@
+"""Plain PyTorch for every grmseg op: the specification and the test oracle.
+
+Every function here is differentiable with ordinary autograd, so ``torch.autograd.gradcheck`` checks the
+explicit ``*_backward`` formulas below, and every fast backend is tested against these functions.
+Shapes follow ``DESIGN.md``: B batch, C channels, P = H*W pixels, K nodes/classes, D affinity offsets.
+
+Half-precision inputs are computed in float32 and the results are cast back to the input dtype, which is
+the accumulation rule every backend follows. float32 and float64 inputs are computed in their own dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ACTIVATIONS",
+    "affinity_offsets",
+    "boundary_affinity",
+    "cam",
+    "graph_conv",
+    "graph_conv_backward",
+    "grm_project",
+    "grm_project_backward",
+    "grm_reproject",
+    "grm_reproject_backward",
+    "local_affinity",
+    "radius_from_offsets",
+    "random_walk",
+    "transition_matrix",
+]
+
+ACTIVATIONS = ("relu", "leaky_relu", "none")
+LEAKY_SLOPE = 0.2
+CAM_EPS = 1e-5
+
+
+def _acc(t: Tensor) -> Tensor:
+    """The accumulation dtype view of ``t``: float32 for fp16/bf16, unchanged otherwise."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GRM projection: pixels vote over K nodes.
+# ----------------------------------------------------------------------------------------------------------
+def _project_assignment(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    s = torch.einsum("kc,bcp->bkp", w, x) + b[None, :, None]
+    return s.softmax(dim=1)
+
+
+def grm_project(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Pixel-to-node voting.
+
+    Args:
+        x: ``[B, C, P]`` pixel features.
+        w: ``[K, C]`` voting weights.
+        b: ``[K]`` voting bias.
+
+    Returns:
+        ``h [B, K, C]`` with ``h[k, c] = sum_p a[k, p] x[c, p]`` and ``m [B, K]`` with ``m[k] = sum_p a[k, p]``,
+        where ``a = softmax_K(w x + b)``.
+    """
+    x_, w_, b_ = _acc(x), _acc(w), _acc(b)
+    a = _project_assignment(x_, w_, b_)
+    h = torch.einsum("bkp,bcp->bkc", a, x_)
+    m = a.sum(dim=-1)
+    return h.to(x.dtype), m.to(x.dtype)
+
+
+def grm_project_backward(
+    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Explicit gradients of :func:`grm_project`; recomputes the ``[B, K, P]`` assignment from ``x``.
+
+    Args:
+        gh: ``[B, K, C]`` gradient of ``h``.  gm: ``[B, K]`` gradient of ``m``.
+        x, w, b: the forward inputs.
+
+    Returns:
+        ``(gx [B, C, P], gw [K, C], gb [K])`` in the dtypes of ``x``, ``w``, ``b``.
+    """
+    x_, w_, b_, gh_, gm_ = _acc(x), _acc(w), _acc(b), _acc(gh), _acc(gm)
+    a = _project_assignment(x_, w_, b_)
+    ga = torch.einsum("bkc,bcp->bkp", gh_, x_) + gm_[:, :, None]
+    gs = a * (ga - (a * ga).sum(dim=1, keepdim=True))
+    gx = torch.einsum("bkc,bkp->bcp", gh_, a) + torch.einsum("kc,bkp->bcp", w_, gs)
+    gw = torch.einsum("bkp,bcp->kc", gs, x_)
+    gb = gs.sum(dim=(0, 2))
+    return gx.to(x.dtype), gw.to(w.dtype), gb.to(b.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GRM reprojection: nodes map back to pixels, residual included.
+# ----------------------------------------------------------------------------------------------------------
+def grm_reproject(x: Tensor, q: Tensor, v: Tensor) -> Tensor:
+    """Node-to-pixel mapping with the residual fused.
+
+    Args:
+        x: ``[B, C, P]`` pixel features.
+        q: ``[B, K, C]`` node keys (already scaled).
+        v: ``[B, K, C]`` node values.
+
+    Returns:
+        ``y [B, C, P] = x + v^T softmax_K(q x)``.
+    """
+    x_, q_, v_ = _acc(x), _acc(q), _acc(v)
+    a = torch.einsum("bkc,bcp->bkp", q_, x_).softmax(dim=1)
+    y = x_ + torch.einsum("bkc,bkp->bcp", v_, a)
+    return y.to(x.dtype)
+
+
+def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Explicit gradients of :func:`grm_reproject`; recomputes the assignment from ``x``.
+
+    Args:
+        gy: ``[B, C, P]`` gradient of ``y``.  x, q, v: the forward inputs.
+
+    Returns:
+        ``(gx [B, C, P], gq [B, K, C], gv [B, K, C])`` in the dtypes of ``x``, ``q``, ``v``.
+    """
+    x_, q_, v_, gy_ = _acc(x), _acc(q), _acc(v), _acc(gy)
+    a = torch.einsum("bkc,bcp->bkp", q_, x_).softmax(dim=1)
+    ga = torch.einsum("bkc,bcp->bkp", v_, gy_)
+    ge = a * (ga - (a * ga).sum(dim=1, keepdim=True))
+    gx = gy_ + torch.einsum("bkc,bkp->bcp", q_, ge)
+    gq = torch.einsum("bkp,bcp->bkc", ge, x_)
+    gv = torch.einsum("bkp,bcp->bkc", a, gy_)
+    return gx.to(x.dtype), gq.to(q.dtype), gv.to(v.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Graph convolution over the K nodes.
+# ----------------------------------------------------------------------------------------------------------
+def _activate(pre: Tensor, activation: str) -> Tensor:
+    if activation == "relu":
+        return torch.relu(pre)
+    if activation == "leaky_relu":
+        return torch.nn.functional.leaky_relu(pre, LEAKY_SLOPE)
+    if activation == "none":
+        return pre
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def graph_conv(
+    z: Tensor, adj: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "leaky_relu"
+) -> Tensor:
+    """One GCN layer: ``act(adj (z weight) + bias)``.
+
+    Args:
+        z: ``[B, K, F]`` node features.
+        adj: ``[K, K]`` normalised adjacency.
+        weight: ``[F, D]``.  bias: ``[D]`` or None.
+        activation: ``"relu"``, ``"leaky_relu"`` (slope 0.2) or ``"none"``.
+
+    Returns:
+        ``[B, K, D]``.
+    """
+    z_, adj_, w_ = _acc(z), _acc(adj), _acc(weight)
+    pre = torch.matmul(adj_, torch.matmul(z_, w_))
+    if bias is not None:
+        pre = pre + _acc(bias)
+    return _activate(pre, activation).to(z.dtype)
+
+
+def graph_conv_backward(
+    gout: Tensor,
+    out: Tensor,
+    z: Tensor,
+    adj: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    activation: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Explicit gradients of :func:`graph_conv`. ``out`` is the forward output (its sign gives the mask).
+
+    Returns:
+        ``(gz [B, K, F], gadj [K, K], gweight [F, D], gbias [D] or None)``.
+    """
+    gout_, out_, z_, adj_, w_ = _acc(gout), _acc(out), _acc(z), _acc(adj), _acc(weight)
+    if activation == "relu":
+        gpre = gout_ * (out_ > 0)
+    elif activation == "leaky_relu":
+        gpre = gout_ * torch.where(out_ > 0, 1.0, LEAKY_SLOPE)
+    elif activation == "none":
+        gpre = gout_
+    else:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    zw = torch.matmul(z_, w_)
+    gzw = torch.matmul(adj_.transpose(0, 1), gpre)
+    gz = torch.matmul(gzw, w_.transpose(0, 1))
+    gweight = torch.einsum("bkf,bkd->fd", z_, gzw)
+    gadj = torch.einsum("bid,bjd->ij", gpre, zw)
+    gbias = None if bias is None else gpre.sum(dim=(0, 1)).to(bias.dtype)
+    return gz.to(z.dtype), gadj.to(adj.dtype), gweight.to(weight.dtype), gbias
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Class activation maps.
+# ----------------------------------------------------------------------------------------------------------
+def cam(feat: Tensor, weight: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Class activation maps normalised per (image, class).
+
+    Args:
+        feat: ``[B, C, h, w]`` backbone features.
+        weight: ``[K, C]`` classifier weights.
+        labels: ``[B, K]`` multi-hot image labels (any dtype; non-zero means present) or None.
+
+    Returns:
+        ``[B, K, h, w]``: ``relu(weight feat) / (spatial max + 1e-5)``, zero for classes absent from ``labels``.
+    """
+    c = torch.relu(torch.einsum("kc,bchw->bkhw", _acc(weight), _acc(feat)))
+    c = c / (c.amax(dim=(2, 3), keepdim=True) + CAM_EPS)
+    if labels is not None:
+        c = c * (labels != 0).to(c.dtype)[:, :, None, None]
+    return c.to(feat.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Affinities (PSA, IRN) and the random walk.
+# ----------------------------------------------------------------------------------------------------------
+def affinity_offsets(radius: int) -> list[tuple[int, int]]:
+    """The PSA half-plane offsets ``(dy, dx)`` for ``radius``, in the order every op uses.
+
+    ``{(0, x): 1 <= x < r}`` then ``{(y, x): 1 <= y < r, -r < x < r, x^2 + y^2 < r^2}`` row by row;
+    34 offsets for ``r = 5``, none for ``r = 1``.
+    """
+    if not isinstance(radius, int) or isinstance(radius, bool) or radius < 1:
+        raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+    offsets = [(0, dx) for dx in range(1, radius)]
+    for dy in range(1, radius):
+        for dx in range(-radius + 1, radius):
+            if dx * dx + dy * dy < radius * radius:
+                offsets.append((dy, dx))
+    return offsets
+
+
+def radius_from_offsets(num_offsets: int, max_radius: int = 64) -> int:
+    """The radius whose offset set has ``num_offsets`` entries (the count grows strictly with the radius)."""
+    for r in range(1, max_radius + 1):
+        n = len(affinity_offsets(r))
+        if n == num_offsets:
+            return r
+        if n > num_offsets:
+            break
+    raise ValueError(
+        f"aff has {num_offsets} offsets, which is no radius's offset count "
+        f"(r=1: 0, r=2: 4, r=3: 12, r=5: 34, ...)"
+    )
+
+
+def _shift(t: Tensor, dy: int, dx: int) -> tuple[Tensor, Tensor]:
+    """``t[..., i + dy, j + dx]`` at every ``(i, j)`` (zero outside) and the in-bounds mask ``[h, w]``."""
+    h, w = t.shape[-2:]
+    out = torch.zeros_like(t)
+    valid = torch.zeros(h, w, dtype=torch.bool, device=t.device)
+    i0, i1 = max(0, -dy), min(h, h - dy)
+    j0, j1 = max(0, -dx), min(w, w - dx)
+    if i0 < i1 and j0 < j1:
+        out[..., i0:i1, j0:j1] = t[..., i0 + dy : i1 + dy, j0 + dx : j1 + dx]
+        valid[i0:i1, j0:j1] = True
+    return out, valid
+
+
+def local_affinity(feat: Tensor, radius: int) -> Tensor:
+    """PSA affinity ``exp(-mean_c |f(p) - f(p + o_d)|)`` for every offset ``o_d``; 0 where ``p + o_d`` is outside.
+
+    Args:
+        feat: ``[B, C, h, w]``.  radius: >= 1.
+
+    Returns:
+        ``[B, D, h, w]`` with D = ``len(affinity_offsets(radius))``.
+    """
+    f = _acc(feat)
+    planes = []
+    for dy, dx in affinity_offsets(radius):
+        shifted, valid = _shift(f, dy, dx)
+        aff = torch.exp(-(f - shifted).abs().mean(dim=1))
+        planes.append(aff * valid)
+    if not planes:
+        return feat.new_zeros(feat.shape[0], 0, *feat.shape[2:])
+    return torch.stack(planes, dim=1).to(feat.dtype)
+
+
+def _round_half_away(v: float) -> int:
+    return int(math.copysign(math.floor(abs(v) + 0.5), v))
+
+
+def path_offsets(dy: int, dx: int) -> list[tuple[int, int]]:
+    """The pixels of the segment from ``(0, 0)`` to ``(dy, dx)``: ``round(t * (dy, dx))`` for ``t = i / n``,
+    ``i = 0..n``, ``n = max(|dy|, |dx|)``, rounded half away from zero; both ends included."""
+    n = max(abs(dy), abs(dx))
+    return [(_round_half_away(i * dy / n), _round_half_away(i * dx / n)) for i in range(n + 1)]
+
+
+def boundary_affinity(boundary: Tensor, radius: int) -> Tensor:
+    """IRN affinity ``1 - max`` of the boundary map over the segment from ``p`` to ``p + o_d``.
+
+    Args:
+        boundary: ``[B, 1, h, w]`` boundary probabilities.  radius: >= 1.
+
+    Returns:
+        ``[B, D, h, w]``; 0 where ``p + o_d`` is outside the map.
+    """
+    bd = _acc(boundary)[:, 0]
+    planes = []
+    for dy, dx in affinity_offsets(radius):
+        _, valid = _shift(bd, dy, dx)
+        path_max = torch.stack([_shift(bd, py, px)[0] for py, px in path_offsets(dy, dx)]).amax(dim=0)
+        planes.append((1.0 - path_max) * valid)
+    if not planes:
+        return boundary.new_zeros(boundary.shape[0], 0, *boundary.shape[2:])
+    return torch.stack(planes, dim=1).to(boundary.dtype)
+
+
+def transition_matrix(aff: Tensor, beta: float) -> Tensor:
+    """The dense column-normalised transition matrix ``T [B, N, N]`` of ``A^beta`` (the oracle only).
+
+    ``A`` is symmetric with ``A[p, p + o_d] = A[p + o_d, p] = aff[d, p]`` for in-bounds pairs and unit diagonal.
+    """
+    bsz, num_offsets, h, w = aff.shape
+    n = h * w
+    a = _acc(aff)
+    idx = torch.arange(n, device=aff.device).view(h, w)
+    mats = []
+    for bi in range(bsz):
+        dense = torch.eye(n, dtype=a.dtype, device=aff.device)
+        for d, (dy, dx) in enumerate(affinity_offsets(radius_from_offsets(num_offsets))):
+            shifted_idx, valid = _shift(idx, dy, dx)
+            src, dst = idx[valid], shifted_idx[valid]
+            vals = a[bi, d][valid]
+            dense = dense.index_put((src, dst), vals).index_put((dst, src), vals)
+        powered = dense.pow(beta)
+        mats.append(powered / powered.sum(dim=0, keepdim=True))
+    return torch.stack(mats)
+
+
+def random_walk(cam: Tensor, aff: Tensor, beta: float, steps: int) -> Tensor:
+    """Random-walk propagation ``cam_vec @ T^steps`` with the dense ``N x N`` matrix (PSA/IRN's definition).
+
+    Args:
+        cam: ``[B, K, h, w]`` scores.
+        aff: ``[B, D, h, w]`` affinities for the offsets of ``affinity_offsets(r)`` (r inferred from D).
+        beta: power applied to the affinities.  steps: number of propagation steps (>= 0).
+
+    Returns:
+        ``[B, K, h, w]``. Memory is O(N^2): this is the oracle for small maps, not the product.
+    """
+    bsz, k, h, w = cam.shape
+    t = transition_matrix(aff, beta)
+    vec = _acc(cam).reshape(bsz, k, h * w)
+    out = torch.matmul(vec, torch.linalg.matrix_power(t, steps))
+    return out.reshape(bsz, k, h, w).to(cam.dtype)
