@@ -1,7 +1,8 @@
 """grmseg: knowledge-graph reasoning for weakly supervised semantic segmentation."""
 
 from grmseg import ops, reference
+from grmseg.nn import GRM
 from grmseg.ops import backends
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "backends", "ops", "reference"]
+__all__ = ["GRM", "__version__", "backends", "ops", "reference"]

@@ -182,7 +182,7 @@ def graph_conv_backward(
     if activation == "relu":
         gpre = gout_ * (out_ > 0)
     elif activation == "leaky_relu":
-        gpre = gout_ * torch.where(out_ > 0, 1.0, LEAKY_SLOPE)
+        gpre = torch.where(out_ > 0, gout_, gout_ * LEAKY_SLOPE)
     elif activation == "none":
         gpre = gout_
     else:

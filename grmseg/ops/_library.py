@@ -6,8 +6,8 @@ their inputs (and, for graph_conv, the small output) and recompute the ``[B, K, 
 The trailing ``backend`` string is ``"auto"`` or a backend name (see ``grmseg.ops._backends``).
 """
 
-from __future__ import annotations
-
+# ruff: noqa: UP045 - torch.library infers the schemas from these annotations: Optional[Tensor] on every torch
+# No `from __future__ import annotations` here for the same reason: the annotations must be real types.
 from typing import Optional
 
 import torch

@@ -1,0 +1,5 @@
+"""nn.Modules built on the grmseg ops."""
+
+from grmseg.nn.grm import GRM
+
+__all__ = ["GRM"]

@@ -1,0 +1,32 @@
+"""The command line: the demo runs one training step and reports what ran where."""
+
+import pytest
+
+from grmseg.cli import main
+from grmseg.demo import GRM_KERNELS, run_demo
+
+
+def test_demo_runs_one_training_step(capsys):
+    result = run_demo(batch=2, size=33)
+    out = capsys.readouterr().out
+    assert result["loss"] > 0
+    assert set(result["backends"]) == set(GRM_KERNELS)
+    assert all(ms > 0 for ms in result["timings_ms"].values())
+    for kernel, backend in result["backends"].items():
+        assert f"{kernel:<24} {backend}" in out
+    assert "backends on this machine" in out
+
+
+def test_info_command(capsys):
+    assert main(["info"]) == 0
+    assert "reference" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_with_usage():
+    with pytest.raises(SystemExit):
+        main(["nonsense"])
+
+
+def test_demo_rejects_a_batch_of_one():
+    with pytest.raises(ValueError, match="batch must be >= 2"):
+        run_demo(batch=1)

@@ -1,0 +1,153 @@
+"""grmseg.GRM: identity at start, every parameter trained, any size/batch/dtype, DeepLabV3, torch.compile."""
+
+import pytest
+import torch
+from torch import nn
+
+import grmseg
+from grmseg.models import add_grm_to_deeplabv3
+
+
+def _trained_once(layer: grmseg.GRM, x: torch.Tensor) -> grmseg.GRM:
+    """One SGD step on a non-trivial loss, so the zero-initialised values become non-zero."""
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    target = torch.randn_like(x)
+    nn.functional.mse_loss(layer(x), target).backward()
+    opt.step()
+    opt.zero_grad()
+    return layer
+
+
+def test_starts_as_identity():
+    torch.manual_seed(0)
+    layer = grmseg.GRM(16, 5, node_dim=8, key_dim=4)
+    x = torch.randn(2, 16, 7, 9)
+    torch.testing.assert_close(layer(x), x, rtol=0, atol=0)
+
+
+def test_every_parameter_gets_a_nonzero_gradient_after_one_step():
+    """The paper's released code never trained its GCN weights; here every parameter learns."""
+    torch.manual_seed(0)
+    layer = grmseg.GRM(16, 5, node_dim=8, key_dim=4, embeddings=torch.randn(5, 6), gcn_layers=2)
+    x = torch.randn(2, 16, 6, 5)
+    before = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    _trained_once(layer, x)
+    nn.functional.mse_loss(layer(x), torch.randn_like(x)).backward()
+    names = [n for n, _ in layer.named_parameters()]
+    assert len(names) == 2 + 1 + 2 * 2 + 3  # vote w/b, node proj, 2 GCN layers (w, b), key, query, value
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+    assert not torch.equal(before["value_proj"], layer.value_proj.detach())
+
+
+@pytest.mark.parametrize("bsz,h,w", [(1, 1, 1), (3, 7, 9), (2, 1, 13), (1, 16, 16)])
+def test_any_size_and_batch(bsz, h, w):
+    torch.manual_seed(0)
+    layer = _trained_once(grmseg.GRM(12, 4, node_dim=8, key_dim=4), torch.randn(2, 12, 5, 5))
+    x = torch.randn(bsz, 12, h, w, requires_grad=True)
+    y = layer(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # Each image is processed independently of the others in the batch.
+    torch.testing.assert_close(layer(x[:1]), y[:1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_and_inputs(dtype):
+    torch.manual_seed(0)
+    layer = _trained_once(grmseg.GRM(12, 4, node_dim=8, key_dim=4), torch.randn(2, 12, 5, 5))
+    x = torch.randn(2, 12, 5, 7)
+    want = layer(x)
+    got = layer.to(dtype)(x.to(dtype))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+    got.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in layer.parameters())
+
+
+def test_autocast_bf16_with_fp32_parameters():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), grmseg.GRM(12, 4, node_dim=8, key_dim=4),
+                          nn.Conv2d(12, 5, 1))
+    _trained_once(model[1], torch.randn(2, 12, 5, 5))
+    x = torch.randn(2, 3, 9, 7)
+    want = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.1, atol=0.1)
+    got.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_channels_last_input():
+    torch.manual_seed(0)
+    layer = _trained_once(grmseg.GRM(12, 4, node_dim=8, key_dim=4), torch.randn(2, 12, 5, 5))
+    x = torch.randn(2, 12, 6, 5)
+    torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last)), layer(x))
+
+
+def test_inside_torchvision_deeplabv3_forward_and_backward():
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    torch.manual_seed(0)
+    model = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False)
+    add_grm_to_deeplabv3(model, embeddings=torch.randn(21, 10))
+    assert isinstance(model.classifier[-2], grmseg.GRM) and model.classifier[-2].in_channels == 256
+    images, target = torch.randn(2, 3, 65, 57), torch.randint(0, 21, (2, 65, 57))
+    out = model(images)["out"]
+    assert out.shape == (2, 21, 65, 57)
+    nn.functional.cross_entropy(out, target).backward()
+    grm = model.classifier[-2]
+    assert grm.value_proj.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="already holds a GRM"):
+        add_grm_to_deeplabv3(model)
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 12, 1), grmseg.GRM(12, 4, node_dim=8, key_dim=4, gcn_layers=2))
+    _trained_once(model[1], torch.randn(2, 12, 5, 5))
+    x = torch.randn(2, 3, 7, 5)
+    want = model(x)
+    want.square().sum().backward()
+    want_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True)  # inductor, as users run it
+    got = compiled(x)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, want)
+    for g, w in zip((p.grad for p in model.parameters()), want_grads):
+        torch.testing.assert_close(g, w)
+
+
+def test_constructor_and_input_errors():
+    with pytest.raises(ValueError, match="'num_nodes' must be an int >= 1, got 0"):
+        grmseg.GRM(8, 0)
+    with pytest.raises(ValueError, match="'activation'"):
+        grmseg.GRM(8, 3, activation="tanh")
+    with pytest.raises(ValueError, match=r"'embeddings' must have shape \[K=3, E\], got \[4, 5\]"):
+        grmseg.GRM(8, 3, embeddings=torch.randn(4, 5))
+    with pytest.raises(ValueError, match=r"'adjacency' must have shape \[3, 3\], got \[3, 4\]"):
+        grmseg.GRM(8, 3, adjacency=torch.randn(3, 4))
+    with pytest.raises(TypeError, match="'embeddings' must be a Tensor"):
+        grmseg.GRM(8, 3, embeddings=[1, 2])
+    with pytest.raises(ValueError, match="backend must be"):
+        grmseg.GRM(8, 3, backend="fast")
+    layer = grmseg.GRM(8, 3)
+    with pytest.raises(ValueError, match=r"'x' must have shape \[B, 8, H, W\], got \[2, 7, 4, 4\]"):
+        layer(torch.randn(2, 7, 4, 4))
+    with pytest.raises(ValueError, match=r"got \[2, 8, 4\]"):
+        layer(torch.randn(2, 8, 4))
+    with pytest.raises(ValueError, match="empty"):
+        layer(torch.randn(0, 8, 4, 4))
+
+
+def test_state_dict_round_trip_and_repr():
+    layer = grmseg.GRM(8, 3, embeddings=torch.randn(3, 4))
+    other = grmseg.GRM(8, 3, embeddings=torch.zeros(3, 4))
+    other.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 8, 3, 3)
+    torch.testing.assert_close(other(x), layer(x))
+    assert "num_nodes=3" in repr(layer) and "embeddings=4-d" in repr(layer)
