@@ -151,3 +151,14 @@ def test_state_dict_round_trip_and_repr():
     x = torch.randn(1, 8, 3, 3)
     torch.testing.assert_close(other(x), layer(x))
     assert "num_nodes=3" in repr(layer) and "embeddings=4-d" in repr(layer)
+
+
+def test_dataset_name_loads_shipped_embeddings_and_graph():
+    from grmseg import knowledge
+
+    layer = grmseg.GRM(16, 21, node_dim=8, key_dim=4, embeddings="voc")
+    torch.testing.assert_close(layer.embeddings, knowledge.class_embeddings("voc"))
+    torch.testing.assert_close(layer.adjacency, knowledge.default_adjacency("voc"))
+    assert layer(torch.randn(1, 16, 3, 3)).shape == (1, 16, 3, 3)
+    with pytest.raises(ValueError, match="has 81 classes but num_nodes=21"):
+        grmseg.GRM(16, 21, embeddings="coco")

@@ -1,0 +1,1 @@
+"""Shipped data files (a package so that the wheel's package-data patterns include them)."""
