@@ -1,0 +1,44 @@
+"""Small ``@triton.jit`` helpers shared by the grmseg kernels (no launch policy here).
+
+Conventions every kernel follows:
+
+* ``UPCAST`` (constexpr): cast both ``tl.dot`` operands to float32. The adapter sets it for bfloat16 under the
+  Triton interpreter, whose bfloat16 ``tl.dot`` is wrong; on a GPU half operands go to the tensor cores as is.
+* ``PRECISION`` (constexpr str): ``tl.dot``'s ``input_precision`` for float32 operands.
+* ``INT64`` (constexpr): compute in-batch element offsets in int64 (the batch offset always is); the adapter
+  sets it when an offset can pass 2**31 - 1.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def operand(t, ptr, UPCAST: tl.constexpr):
+    """``t`` as a ``tl.dot`` operand: in the element type of ``ptr`` (the input dtype), or float32 if UPCAST."""
+    if UPCAST:
+        r = t.to(tl.float32)
+    else:
+        r = t.to(ptr.dtype.element_ty)
+    return r
+
+
+@triton.jit
+def softmax_k(s, k_mask):
+    """Softmax over axis 0 (the K nodes) of fp32 logits ``s [BLOCK_K, BLOCK_P]``; rows where ``~k_mask`` get 0."""
+    s = tl.where(k_mask[:, None], s, float("-inf"))
+    mx = tl.max(s, axis=0)
+    e = tl.exp2((s - mx[None, :]) * 1.4426950408889634)
+    return e / tl.sum(e, axis=0)[None, :]
+
+
+@triton.jit
+def offsets(offs, INT64: tl.constexpr):
+    """``offs`` widened to int64 when INT64, for element offsets that can pass 2**31 - 1."""
+    if INT64:
+        r = offs.to(tl.int64)
+    else:
+        r = offs
+    return r
