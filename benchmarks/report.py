@@ -1,0 +1,159 @@
+"""Results: the row schema, speedups against the reference, and the text table, JSON and Markdown outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REFERENCE = "reference"
+
+
+@dataclass
+class Row:
+    """One measured (or skipped) case x provider.
+
+    ``provider`` is what was asked for, ``ran`` what actually ran (they differ when a backend lacks the kernel
+    and the op layer fell back to ``reference``); ``label`` is what the table shows. Times are milliseconds;
+    ``bytes`` is the minimal traffic of :mod:`benchmarks.cases`. ``first_call_ms`` is the untimed first call
+    (compilation, autotuning, lazy set-up). ``note`` says why a row has no numbers (or no peak memory).
+    """
+
+    op: str
+    phase: str
+    provider: str
+    ran: str
+    label: str
+    shape: str
+    dtype: str
+    device: str
+    params: dict[str, Any]
+    bytes: int
+    median_ms: float | None = None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    runs: int = 0
+    gbps: float | None = None
+    pct_peak: float | None = None
+    peak_mb: float | None = None
+    speedup: float | None = None
+    first_call_ms: float | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the row has a time."""
+        return self.median_ms is not None
+
+    def key(self) -> tuple[str, str, str, str, str]:
+        """What rows are compared on: op, phase, shape, dtype, device."""
+        return (self.op, self.phase, self.shape, self.dtype, self.device)
+
+
+@dataclass
+class Report:
+    """A whole run: machine facts, the configuration, the rows, the notes (skips, failures), the wall time."""
+
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {"machine": self.machine, "config": self.config, "wall_s": self.wall_s,
+                "rows": [asdict(r) for r in self.rows], "notes": self.notes}
+
+
+def add_speedups(rows: Sequence[Row]) -> None:
+    """Set ``speedup`` = reference-eager median / row median, for rows whose reference row has a time."""
+    ref = {r.key(): r.median_ms for r in rows if r.provider == REFERENCE and r.ran == REFERENCE and r.ok}
+    for r in rows:
+        base = ref.get(r.key())
+        r.speedup = base / r.median_ms if base and r.ok and r.median_ms else None
+
+
+COLUMNS = ("op", "phase", "provider", "shape", "dtype", "device", "median ms", "p20-p80 ms", "GB/s", "% peak",
+           "peak MB", "vs ref")
+_NUMERIC = {"median ms", "p20-p80 ms", "GB/s", "% peak", "peak MB", "vs ref"}
+
+
+def _ms(v: float) -> str:
+    return f"{v:.4f}" if v < 0.1 else f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+def _cells(r: Row) -> list[str]:
+    if not r.ok:
+        timing = ["skipped" if "skipped" in r.note else "error", ""]
+    else:
+        spread = "" if r.p20_ms is None or r.p80_ms is None else f"{_ms(r.p20_ms)}-{_ms(r.p80_ms)}"
+        timing = [_ms(r.median_ms), spread]
+    return [
+        r.op, r.phase, r.label, r.shape, r.dtype, r.device, *timing,
+        "" if r.gbps is None else f"{r.gbps:.1f}" if r.gbps >= 10 else f"{r.gbps:.3g}",
+        "" if r.pct_peak is None else f"{r.pct_peak:.0f}%",
+        "" if r.peak_mb is None else f"{r.peak_mb:.1f}" if r.peak_mb >= 1 else f"{r.peak_mb:.3f}",
+        "" if r.speedup is None else f"{r.speedup:.2f}x",
+    ]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A fixed-width text table of ``rows`` (numbers right-aligned)."""
+    body = [_cells(r) for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if COLUMNS[i] in _NUMERIC else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths]), *(line(b) for b in body)])
+
+
+_LEGEND = (
+    "Median of repeated runs after warm-up (p20-p80 beside it). GB/s: the minimal bytes each op must read and"
+    " write once, over the median time (for `random_walk` that floor ignores its many passes). Peak MB: the"
+    " most memory held above the starting point during one run (`bwd` rows: a whole forward + backward)."
+    " vs ref: speed-up over the `reference` backend in eager mode. `a->b`: backend a lacks the kernel, b ran."
+)
+
+
+def format_markdown(report: Report) -> str:
+    """The table as Markdown, with a line on the machine and the notes, ready to paste into the README."""
+    m = report.machine
+    bw = m.get("peak_bandwidth_gbps")
+    head = (
+        f"Device: **{m.get('device_name')}** ({m.get('device')}"
+        + (f", peak {bw:.0f} GB/s" if bw else "")
+        + f"); torch {m.get('torch')}, triton {m.get('triton')}, {m.get('cpu_count')} CPUs"
+        + f" ({m.get('torch_threads')} torch threads); {m.get('date')}"
+        + (f"; grmseg {m.get('git_commit')}" if m.get("git_commit") else "")
+        + "."
+    )
+    align = ["---:" if c in _NUMERIC else "---" for c in COLUMNS]
+    lines = [
+        head,
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(_cells(r)) + " |" for r in report.rows),
+        "",
+        _LEGEND,
+    ]
+    if report.notes:
+        lines += ["", "Notes:", *(f"- {n}" for n in report.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``bench.json`` and ``bench.md`` under ``out_dir`` (created); returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    json_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    md_path.write_text(format_markdown(report))
+    return json_path, md_path

@@ -1,0 +1,135 @@
+"""The benchmark harness (benchmarks/): a quick CPU run end to end, bytes moved, peak memory, labels.
+
+Timings are never asserted; only that the harness produces them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import grmseg
+
+# benchmarks/ is a top-level package of the repository, not installed: make it importable under plain `pytest`.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks import providers, report, timing
+from benchmarks.__main__ import main, parse_args
+from benchmarks.cases import OPS, SIZE_SETS, make_cases
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # triton is left out: on the CPU it only runs in its (slow) interpreter, which says nothing about speed
+    args = ["--quick", "--device", "cpu", "--no-compile", "--providers", "reference,csrc", "--quiet"]
+    rc = main([*args, "--out", str(out)])
+    return rc, out
+
+
+def test_quick_run_writes_json_and_markdown(quick_run):
+    rc, out = quick_run
+    assert rc == 0
+    data = json.loads((out / "bench.json").read_text())
+    for key in ("device_name", "torch", "triton", "cpu_count", "date", "peak_memory_method"):
+        assert key in data["machine"]
+    rows = data["rows"]
+    expected_ops = set(OPS) if hasattr(grmseg, "GRM") else set(OPS) - {"grm_layer"}
+    assert {r["op"] for r in rows} == expected_ops
+    # every op and phase has a timed reference row
+    for name in expected_ops:
+        for phase in OPS[name].phases():
+            ref = [r for r in rows if r["op"] == name and r["phase"] == phase and r["label"] == "reference"]
+            assert len(ref) == 1, (name, phase)
+            assert ref[0]["median_ms"] > 0 and ref[0]["speedup"] == pytest.approx(1.0)
+            assert ref[0]["peak_mb"] is not None and ref[0]["peak_mb"] >= 0
+    for r in rows:
+        assert r["bytes"] > 0
+        if r["median_ms"] is not None:
+            assert r["median_ms"] > 0 and r["gbps"] > 0 and r["runs"] >= 1
+            assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        else:
+            assert r["note"]  # a row without a time says why
+    md = (out / "bench.md").read_text()
+    assert "| op | phase | provider |" in md and "grm_project" in md
+
+
+def test_bytes_moved_match_the_outputs():
+    """The forward bytes are exactly the inputs plus the outputs the reference op returns."""
+    for case in make_cases(SIZE_SETS["quick"], [n for n in OPS if n != "grm_layer"]):
+        if case.phase != "fwd":
+            continue
+        inputs = case.inputs(CPU)
+        args = [inputs[a] for a in case.op.args]
+        outs = getattr(grmseg.reference, case.op.name)(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        read = sum(t.nbytes for t in inputs.values() if isinstance(t, torch.Tensor))
+        assert case.bytes_moved(inputs) == read + sum(t.nbytes for t in outs), case.op.name
+
+
+def test_backward_bytes_count_grads_in_and_out():
+    case = next(c for c in make_cases(SIZE_SETS["quick"], ["grm_reproject"]) if c.phase == "bwd")
+    x, q, v = (case.inputs(CPU)[n] for n in ("x", "q", "v"))
+    # read gy, x, q, v; write gx, gq, gv
+    assert case.bytes_moved(case.inputs(CPU)) == 3 * x.nbytes + 2 * q.nbytes + 2 * v.nbytes
+
+
+def test_cpu_peak_memory_reads_known_allocations():
+    ok, how = timing.cpu_profiler_self_check()
+    assert ok, how
+
+    def alloc() -> torch.Tensor:
+        a = torch.empty(4_000_000, dtype=torch.uint8)
+        b = torch.empty(1_000_000, dtype=torch.uint8)
+        del a
+        return b
+
+    assert 5_000_000 <= timing.peak_memory_bytes(alloc, CPU) < 5_100_000
+
+
+def test_summarize_quantiles():
+    t = timing.summarize([5.0, 1.0, 2.0, 4.0, 3.0])
+    assert (t.median_ms, t.min_ms, t.max_ms, t.runs) == (3.0, 1.0, 5.0, 5)
+    assert t.p20_ms == pytest.approx(1.8) and t.p80_ms == pytest.approx(4.2)
+
+
+def test_providers_and_labels():
+    found = providers.discover(CPU, compile=True)
+    assert found[0].name == "reference" and found[-1].name == providers.COMPILED and found[-1].compiled
+    assert providers.discover(CPU, compile=False)[0].name == "reference"
+    p = providers.Provider("triton", "triton")
+    assert providers.row_label(p, "triton") == "triton"
+    assert providers.row_label(p, "reference") == "triton->reference"
+    assert providers.row_label(p, "reference+triton") == "triton(+reference)"
+
+
+def test_speedups_against_reference_eager():
+    def row(provider: str, ms: float) -> report.Row:
+        return report.Row("cam", "fwd", provider, provider, provider, "s", "fp32", "cpu", {}, 1, median_ms=ms)
+
+    rows = [row("reference", 4.0), row("triton", 1.0), row(providers.COMPILED, 2.0)]
+    report.add_speedups(rows)
+    assert [r.speedup for r in rows] == [1.0, 4.0, 2.0]
+    table = report.format_table(rows)
+    assert "4.00x" in table and "median ms" in table
+
+
+def test_cli_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        parse_args(["--ops", "nope"])
+    with pytest.raises(SystemExit):
+        parse_args(["--dtype", "int8"])
+    with pytest.raises(SystemExit):
+        parse_args(["--providers", "cuda"])
+    cfg = parse_args(["--ops", "cam,random_walk", "--dtype", "bf16", "--repeats", "5", "--no-compile",
+                      "--providers", "reference,triton"])
+    assert cfg.ops == ["cam", "random_walk"] and cfg.dtypes == ["bf16"] and cfg.repeats == 5 and not cfg.compile
+    assert cfg.providers == ["reference", "triton"]
