@@ -1,0 +1,14 @@
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace grmseg {
+
+// CPU kernel of grm_project_forward: fused per pixel tile, fp32 accumulation for half inputs (fp64 for fp64),
+// parallel over (batch, pixel chunk) with a deterministic reduction (independent of the thread count).
+std::tuple<at::Tensor, at::Tensor> grm_project_forward_cpu(const at::Tensor& x, const at::Tensor& w,
+                                                            const at::Tensor& b);
+
+}  // namespace grmseg

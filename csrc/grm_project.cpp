@@ -1,0 +1,44 @@
+// grm_project: shape function and the registration of its kernels per dispatch key.
+
+#include "grm_project.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/grm_project_cpu.h"
+#ifdef GRMSEG_WITH_CUDA
+#include "cuda/grm_project_cuda.h"
+#endif
+
+namespace grmseg {
+
+std::tuple<at::Tensor, at::Tensor> grm_project_forward_meta(const at::Tensor& x, const at::Tensor& w,
+                                                             const at::Tensor& b) {
+  const char* who = "grmseg_C::grm_project_forward";
+  TORCH_CHECK(x.dim() == 3, who, ": x must be [B, C, P], got a tensor of shape ", x.sym_sizes());
+  TORCH_CHECK(w.dim() == 2, who, ": w must be [K, C], got a tensor of shape ", w.sym_sizes());
+  TORCH_CHECK(b.dim() == 1, who, ": b must be [K], got a tensor of shape ", b.sym_sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type(), who,
+              ": x, w and b must have the same dtype, got x ", x.scalar_type(), ", w ", w.scalar_type(), ", b ",
+              b.scalar_type());
+  const auto opts = x.options();
+  at::Tensor h = at::empty_symint({x.sym_size(0), w.sym_size(0), x.sym_size(1)}, opts);
+  at::Tensor m = at::empty_symint({x.sym_size(0), w.sym_size(0)}, opts);
+  return {h, m};
+}
+
+}  // namespace grmseg
+
+TORCH_LIBRARY_IMPL(grmseg_C, Meta, m) {
+  m.impl("grm_project_forward", &grmseg::grm_project_forward_meta);
+}
+
+TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
+  m.impl("grm_project_forward", &grmseg::grm_project_forward_cpu);
+}
+
+#ifdef GRMSEG_WITH_CUDA
+TORCH_LIBRARY_IMPL(grmseg_C, CUDA, m) {
+  m.impl("grm_project_forward", &grmseg::grm_project_forward_cuda);
+}
+#endif

@@ -1,0 +1,41 @@
+// grm_project: pixel -> node voting (see DESIGN.md).
+//   x [B, C, P], w [K, C], b [K]  ->  h [B, K, C], m [B, K]
+//   s = w x + b;  a = softmax_K(s);  h[k, c] = sum_p a[k, p] x[c, p];  m[k] = sum_p a[k, p]
+// Shared by the CPU (.cpp) and CUDA (.cu) sources: ATen core headers only, so nvcc stays fast.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <tuple>
+
+namespace grmseg {
+
+// Validates the inputs of grm_project_forward for the kernels of one device type; a failure raises
+// c10::Error, which Python sees as RuntimeError. Any strides are accepted.
+inline void check_project_inputs(
+    const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::DeviceType device_type, const char* who) {
+  TORCH_CHECK(x.dim() == 3, who, ": x must be [B, C, P], got a tensor of shape ", x.sizes());
+  TORCH_CHECK(w.dim() == 2, who, ": w must be [K, C], got a tensor of shape ", w.sizes());
+  TORCH_CHECK(b.dim() == 1, who, ": b must be [K], got a tensor of shape ", b.sizes());
+  TORCH_CHECK(w.size(1) == x.size(1), who, ": w must be [K, C] with C = x.size(1) = ", x.size(1),
+              ", got w of shape ", w.sizes());
+  TORCH_CHECK(b.size(0) == w.size(0), who, ": b must be [K] with K = w.size(0) = ", w.size(0),
+              ", got b of shape ", b.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, who,
+              ": x must be float16, bfloat16, float32 or float64, got ", dt);
+  TORCH_CHECK(w.scalar_type() == dt && b.scalar_type() == dt, who,
+              ": x, w and b must have the same dtype, got x ", dt, ", w ", w.scalar_type(), ", b ", b.scalar_type());
+  TORCH_CHECK(x.device().type() == device_type, who, ": x must be a ", c10::DeviceTypeName(device_type),
+              " tensor, got one on ", x.device());
+  TORCH_CHECK(w.device() == x.device() && b.device() == x.device(), who,
+              ": x, w and b must be on the same device, got x on ", x.device(), ", w on ", w.device(), ", b on ",
+              b.device());
+}
+
+// Shape function (Meta / fake tensors).
+std::tuple<at::Tensor, at::Tensor> grm_project_forward_meta(const at::Tensor& x, const at::Tensor& w,
+                                                             const at::Tensor& b);
+
+}  // namespace grmseg

@@ -1,0 +1,110 @@
+"""The csrc backend: the C++/CUDA kernels of ``grmseg._C``, called as ``torch.ops.grmseg_C.<kernel>``.
+
+A kernel counts as implemented on a device type when ``grmseg._C`` registered a kernel for that dispatch key
+(``CPU`` / ``CUDA``), so kernels added to ``csrc/`` show up here without editing this file. The op layer falls
+back to the reference backend for the others.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from grmseg import _ext
+
+NAME = "csrc"
+
+KERNEL_NAMES = (
+    "grm_project_forward",
+    "grm_project_backward",
+    "grm_reproject_forward",
+    "grm_reproject_backward",
+    "graph_conv_forward",
+    "graph_conv_backward",
+    "cam_forward",
+    "local_affinity_forward",
+    "boundary_affinity_forward",
+    "random_walk_forward",
+)
+
+NO_CUDA_REASON = "grmseg was built without its CUDA part (no nvcc at build time, or GRMSEG_NO_CUDA=1)"
+
+
+def status(device_type: str) -> tuple[bool, str]:
+    """Whether the compiled kernels run on ``device_type`` tensors here, and why not."""
+    if not _ext.built():
+        return False, _ext.load_error() or "grmseg._C is not loaded"
+    if device_type == "cpu":
+        return True, ""
+    if device_type == "cuda":
+        if _ext.cuda_built():
+            return True, ""
+        why = _ext.cuda_skip_reason()
+        return False, NO_CUDA_REASON if not why or why == NO_CUDA_REASON else f"{NO_CUDA_REASON}: {why}"
+    return False, f"grmseg._C has no kernels for {device_type!r} tensors"
+
+
+def kernels(device_type: str) -> frozenset[str]:
+    """The kernels that ``grmseg._C`` registered for ``device_type`` ("cpu" or "cuda")."""
+    if not _ext.built():
+        return frozenset()
+    return frozenset(name for name in KERNEL_NAMES if _ext.has_kernel(name, device_type))
+
+
+def _ops():
+    return torch.ops.grmseg_C
+
+
+def grm_project_forward(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``h [B, K, C], m [B, K]`` of ``grm_project``."""
+    return _ops().grm_project_forward(x, w, b)
+
+
+def grm_project_backward(gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``gx, gw, gb`` of ``grm_project``."""
+    return _ops().grm_project_backward(gh, gm, x, w, b)
+
+
+def grm_reproject_forward(x: Tensor, q: Tensor, v: Tensor) -> Tensor:
+    """``y [B, C, P]`` of ``grm_reproject``."""
+    return _ops().grm_reproject_forward(x, q, v)
+
+
+def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``gx, gq, gv`` of ``grm_reproject``."""
+    return _ops().grm_reproject_backward(gy, x, q, v)
+
+
+def graph_conv_forward(
+    z: Tensor, adj: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "leaky_relu"
+) -> Tensor:
+    """``act(adj (z weight) + bias)``."""
+    return _ops().graph_conv_forward(z, adj, weight, bias, activation)
+
+
+def graph_conv_backward(
+    gout: Tensor, out: Tensor, z: Tensor, adj: Tensor, weight: Tensor, bias: Tensor | None, activation: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``gz, gadj, gweight, gbias`` of ``graph_conv`` (``gbias`` is None without a bias, as in the reference)."""
+    gz, gadj, gweight, gbias = _ops().graph_conv_backward(gout, out, z, adj, weight, bias, activation)
+    return gz, gadj, gweight, (gbias if bias is not None else None)
+
+
+def cam_forward(feat: Tensor, weight: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Class activation maps ``[B, K, h, w]``."""
+    return _ops().cam_forward(feat, weight, labels)
+
+
+def local_affinity_forward(feat: Tensor, radius: int) -> Tensor:
+    """PSA affinities ``[B, D, h, w]``."""
+    return _ops().local_affinity_forward(feat, radius)
+
+
+def boundary_affinity_forward(boundary: Tensor, radius: int) -> Tensor:
+    """IRN affinities ``[B, D, h, w]``."""
+    return _ops().boundary_affinity_forward(boundary, radius)
+
+
+def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int) -> Tensor:
+    """Random-walk propagated CAMs ``[B, K, h, w]``."""
+    return _ops().random_walk_forward(cam, aff, beta, steps)
