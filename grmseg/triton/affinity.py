@@ -1,0 +1,106 @@
+"""Triton kernels for the affinity ops: PSA's ``local_affinity`` and IRN's ``boundary_affinity``. Kernels only:
+the launch policy lives in ``grmseg.ops.impl.triton_wsss``.
+
+Both take the offsets of ``grmseg.reference.affinity_offsets(radius)`` as a small int32 tensor, so one compiled
+kernel serves every radius. Program ``(b, pixel block, offset block)`` owns an ``[BLOCK_D, BLOCK_P]`` tile of the
+``[B, D, h, w]`` output (contiguous); a pair whose far end ``p + o_d`` leaves the map gets 0.
+
+* local: ``aff[d, p] = exp(-mean_c |f(p) - f(p + o_d)|)``; the channel loop gathers the shifted pixels.
+* boundary: ``aff[d, p] = 1 - max`` of the boundary map over the path of ``grmseg.reference.path_offsets``,
+  passed as ``[D, L, 2]`` int32 points padded by repeating the end point (harmless for a max).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from grmseg.triton.common import offsets
+
+
+@triton.jit
+def local_affinity_kernel(
+    f_ptr, off_ptr, out_ptr,
+    C, H, W, D, NPB, NDB,
+    sfb, sfc, sfh, sfw,
+    BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, INT64: tl.constexpr,
+):
+    """``out [B, D, H, W]`` (contiguous, output dtype) of ``f [B, C, H, W]`` (any strides), offsets ``[D, 2]``."""
+    pid = tl.program_id(0)
+    db = pid % NDB
+    pb = (pid // NDB) % NPB
+    bi = (pid // NDB // NPB).to(tl.int64)
+    P = H * W
+
+    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    py = offs_p // W
+    px = offs_p % W
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    dy = tl.load(off_ptr + 2 * offs_d, mask=d_mask, other=0)
+    dx = tl.load(off_ptr + 2 * offs_d + 1, mask=d_mask, other=0)
+    qy = py[None, :] + dy[:, None]
+    qx = px[None, :] + dx[:, None]
+    valid = d_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+
+    c_off = offsets(py, INT64) * sfh + offsets(px, INT64) * sfw
+    q_off = offsets(qy, INT64) * sfh + offsets(qx, INT64) * sfw
+    base = f_ptr + bi * sfb
+    acc = tl.zeros((BLOCK_D, BLOCK_P), dtype=tl.float32)
+    for _ in range(C):
+        fc = tl.load(base + c_off, mask=p_mask, other=0.0).to(tl.float32)
+        fq = tl.load(base + q_off, mask=valid, other=0.0).to(tl.float32)
+        acc += tl.abs(fc[None, :] - fq)
+        base += sfc
+    aff = tl.exp(-(acc / C))
+    aff = tl.where(valid, aff, 0.0)
+    out = out_ptr + (bi * D + offsets(offs_d, INT64)[:, None]) * P + offs_p[None, :]
+    tl.store(out, aff.to(out_ptr.dtype.element_ty), mask=d_mask[:, None] & p_mask[None, :])
+
+
+@triton.jit
+def boundary_affinity_kernel(
+    bd_ptr, path_ptr, out_ptr,
+    H, W, D, L, NPB, NDB,
+    sbb, sbh, sbw,
+    BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, INT64: tl.constexpr,
+):
+    """``out [B, D, H, W]`` (contiguous, output dtype) of ``bd [B, 1, H, W]`` (any strides) and the padded paths
+    ``[D, L, 2]`` (point 0 is ``(0, 0)``, point ``L - 1`` the offset itself)."""
+    pid = tl.program_id(0)
+    db = pid % NDB
+    pb = (pid // NDB) % NPB
+    bi = (pid // NDB // NPB).to(tl.int64)
+    P = H * W
+
+    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    py = offs_p // W
+    px = offs_p % W
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    end = path_ptr + (offs_d * L + L - 1) * 2
+    dy = tl.load(end, mask=d_mask, other=0)
+    dx = tl.load(end + 1, mask=d_mask, other=0)
+    qy = py[None, :] + dy[:, None]
+    qx = px[None, :] + dx[:, None]
+    # Every point of the path lies in the box spanned by p and p + o_d, so all are inside when the end is.
+    valid = d_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+
+    base = bd_ptr + bi * sbb
+    py = offsets(py, INT64)
+    px = offsets(px, INT64)
+    mx = tl.load(base + py * sbh + px * sbw, mask=p_mask, other=0.0).to(tl.float32)
+    mx = tl.broadcast_to(mx[None, :], (BLOCK_D, BLOCK_P))
+    pt = path_ptr + offs_d * (2 * L)
+    for _ in range(1, L):
+        pt += 2
+        sy = tl.load(pt, mask=d_mask, other=0)
+        sx = tl.load(pt + 1, mask=d_mask, other=0)
+        v = tl.load(base + (py[None, :] + sy[:, None]) * sbh + (px[None, :] + sx[:, None]) * sbw,
+                    mask=valid, other=0.0).to(tl.float32)
+        mx = tl.maximum(mx, v)
+    aff = tl.where(valid, 1.0 - mx, 0.0)
+    out = out_ptr + (bi * D + offsets(offs_d, INT64)[:, None]) * P + offs_p[None, :]
+    tl.store(out, aff.to(out_ptr.dtype.element_ty), mask=d_mask[:, None] & p_mask[None, :])

@@ -1,0 +1,210 @@
+"""random_walk: every implementation that runs here against the dense oracle ``cam_vec @ T^steps``.
+
+Implementations: the local PyTorch walk (``grmseg.ops.impl.local_walk``), ``csrc`` (C++ CPU; CUDA when a GPU is
+visible), ``triton`` (CUDA, or its interpreter on CPU) with its fused kernel and with one launch per step. The
+oracle is ``grmseg.reference.random_walk`` in float64 (for 48x48 maps: ``grmseg.reference.transition_matrix``
+applied step by step, the same matrix without the cost of its 256th power). fp32 results must be within 1e-3
+of it, relative to its largest value, for steps in {1, 7, 256}. Interpreter cases stay small.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+from _tolerance import assert_close
+
+import grmseg.ops as gops
+from grmseg import reference
+from grmseg.ops.impl import triton_wsss
+from grmseg.ops.impl.local_walk import random_walk_local, walk_weights
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+RTOL = 1e-3
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _walker(impl: str, device: str):
+    """``fn(cam, aff, beta, steps)`` running ``impl`` on ``device``."""
+    if impl == "local":
+        return random_walk_local
+    if impl == "triton-step":
+        return functools.partial(triton_wsss.random_walk_forward, fused=False)
+    if impl == "triton-fused":
+        return functools.partial(triton_wsss.random_walk_forward, fused=True)
+    assert gops.selected("random_walk_forward", device, impl) == impl, gops.backends()[impl]
+    return functools.partial(gops.random_walk, backend=impl)
+
+
+def _inputs(bsz, k, h, w, radius, seed=0, kind="local"):
+    g = _gen(seed)
+    cam = torch.rand(bsz, k, h, w, generator=g, dtype=torch.float64)
+    if kind == "local":
+        aff = reference.local_affinity(torch.randn(bsz, 4, h, w, generator=g, dtype=torch.float64) * 0.7, radius)
+    else:
+        aff = reference.boundary_affinity(torch.rand(bsz, 1, h, w, generator=g, dtype=torch.float64) ** 4, radius)
+    return cam, aff
+
+
+@functools.cache
+def _oracle(bsz, k, h, w, radius, seed, kind, beta, steps):
+    cam, aff = _inputs(bsz, k, h, w, radius, seed, kind)
+    if h * w <= 400:
+        return reference.random_walk(cam, aff, beta, steps)
+    t = reference.transition_matrix(aff, beta)
+    y = cam.reshape(bsz, k, h * w)
+    for _ in range(steps):
+        y = torch.matmul(y, t)
+    return y.reshape(bsz, k, h, w)
+
+
+def _check(out, oracle, name):
+    out = out.detach().double().cpu()
+    assert out.shape == oracle.shape, name
+    assert torch.isfinite(out).all(), f"{name}: non-finite values"
+    err = (out - oracle).abs().max().item() / max(oracle.abs().max().item(), 1e-30)
+    assert err <= RTOL, f"{name}: relative error {err:.3g} > {RTOL}"
+
+
+def _run(impl, device, case, beta, steps, dtype=torch.float32):
+    cam, aff = _inputs(*case)
+    out = _walker(impl, device)(cam.to(device, dtype), aff.to(device, dtype), beta, steps)
+    assert out.dtype == dtype and out.is_contiguous() and out.device.type == device
+    return out
+
+
+SMALL = (2, 3, 13, 17, 5, 0, "local")  # (B, K, h, w, radius, seed, affinity kind)
+# Triton takes CPU tensors only in its interpreter (tests/conftest.py turns it on when no GPU is visible).
+TRITON_CPU = os.environ.get("TRITON_INTERPRET", "") == "1"
+CUDA_IMPLS = [(d, b) for d in DEVICES if d == "cuda" for b in ("csrc", "triton", "triton-step", "triton-fused", "local")]
+FAST_IMPLS = [("cpu", "local"), ("cpu", "csrc")] + CUDA_IMPLS
+ALL_IMPLS = FAST_IMPLS + ([("cpu", "triton")] if TRITON_CPU else [])
+STEP_IMPLS = [("cpu", "triton-step")] if TRITON_CPU else []
+
+
+@pytest.mark.parametrize("steps", [1, 7, 256])
+@pytest.mark.parametrize("device,impl", ALL_IMPLS + STEP_IMPLS)
+def test_small_map_matches_dense(device, impl, steps):
+    if impl == "triton-step" and steps == 256 and device == "cpu":
+        pytest.skip("one interpreter launch per step: 1 and 7 steps cover it")
+    out = _run(impl, device, SMALL, 8.0, steps)
+    _check(out, _oracle(*SMALL, 8.0, steps), f"{impl} {steps} steps")
+
+
+@pytest.mark.parametrize("steps", [1, 7, 256])
+@pytest.mark.parametrize("device,impl", FAST_IMPLS)
+def test_48x48_matches_dense(device, impl, steps):
+    case = (1, 4, 48, 48, 5, 1, "boundary")
+    _check(_run(impl, device, case, 10.0, steps), _oracle(*case, 10.0, steps), f"{impl} 48x48 {steps} steps")
+
+
+@pytest.mark.parametrize("device,impl", ALL_IMPLS + STEP_IMPLS)
+@pytest.mark.parametrize(
+    "case,beta,steps",
+    [
+        ((1, 2, 9, 11, 7, 2, "local"), 8.0, 7),  # radius 7: offsets longer than the map is tall
+        ((2, 1, 7, 5, 3, 3, "boundary"), 2.5, 7),  # a single class, a non-integer beta
+        ((1, 21, 6, 7, 2, 4, "local"), 10.0, 7),  # 21 classes on a tiny map
+        ((1, 3, 1, 19, 5, 5, "local"), 8.0, 7),  # one row
+    ],
+)
+def test_shapes_radii_betas(device, impl, case, beta, steps):
+    _check(_run(impl, device, case, beta, steps), _oracle(*case, beta, steps), f"{impl} {case}")
+
+
+@pytest.mark.parametrize("device,impl", ALL_IMPLS)
+def test_radius_1_is_the_identity(device, impl):
+    cam, _ = _inputs(2, 3, 5, 6, 1)
+    aff = cam.new_zeros(2, 0, 5, 6)
+    out = _walker(impl, device)(cam.float().to(device), aff.float().to(device), 8.0, 7)
+    assert torch.equal(out.cpu(), cam.float())
+
+
+@pytest.mark.parametrize("device,impl", ALL_IMPLS)
+def test_zero_affinity_region_is_nan_free(device, impl):
+    """Pixels without any affinity keep their score (d_j = 1): no NaN, and the oracle agrees."""
+    cam, aff = _inputs(1, 2, 11, 12, 5, seed=6)
+    aff[:, :, 2:7, 3:9] = 0.0
+    zero = torch.zeros_like(aff)
+    for a in (aff, zero):
+        out = _walker(impl, device)(cam.float().to(device), a.float().to(device), 8.0, 7).cpu()
+        _check(out, reference.random_walk(cam, a, 8.0, 7), f"{impl} zero affinity")
+    assert torch.equal(out, cam.float()), "with no affinity at all the walk is the identity"
+
+
+@pytest.mark.parametrize("device,impl", ALL_IMPLS)
+def test_steps_0_and_no_aliasing(device, impl):
+    cam, aff = _inputs(1, 2, 5, 7, 3, seed=7)
+    c = cam.float().to(device)
+    out = _walker(impl, device)(c, aff.float().to(device), 8.0, 0)
+    assert torch.equal(out, c) and out.data_ptr() != c.data_ptr()
+    before = c.clone()
+    _walker(impl, device)(c, aff.float().to(device), 8.0, 3)
+    assert torch.equal(c, before), "the input is not modified"
+
+
+@pytest.mark.parametrize("device,impl", ALL_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes(device, impl, dtype):
+    case = (1, 3, 9, 10, 5, 8, "local")
+    cam, aff = _inputs(*case)
+    c, a = cam.to(device, dtype), aff.to(device, dtype)
+    out = _walker(impl, device)(c, a, 8.0, 7)
+    assert out.dtype == dtype
+    oracle = reference.random_walk(c.double().cpu(), a.double().cpu(), 8.0, 7)
+    plain = reference.random_walk(c, a, 8.0, 7) if dtype != torch.float64 else None
+    assert_close(out, oracle, plain, name=f"random_walk {impl} {dtype}")
+
+
+@pytest.mark.parametrize("device,impl", ALL_IMPLS)
+def test_non_contiguous(device, impl):
+    cam, aff = _inputs(2, 3, 8, 11, 3, seed=9)
+    c = cam.float().to(device).transpose(2, 3)
+    a = aff.float().to(device).transpose(2, 3)
+    out = _walker(impl, device)(c, a, 8.0, 7)
+    # strided views are inputs like any other: the oracle gets the same values
+    _check(out, reference.random_walk(c.double().cpu(), a.double().cpu(), 8.0, 7), f"{impl} non-contiguous")
+
+
+@pytest.mark.skipif(not TRITON_CPU, reason="needs the Triton interpreter")
+@pytest.mark.parametrize("fused", [True, False])
+def test_triton_gpu_blocks_in_the_interpreter(monkeypatch, fused):
+    """The GPU block shapes (several class blocks, pixel tiles and neighbour chunks per pass) on the interpreter."""
+    monkeypatch.setattr(triton_wsss, "_walk_blocks", lambda k, p, nn, interp, fused: (2, 64, 4, False))
+    case = (2, 3, 9, 23, 3, 12, "local")
+    out = triton_wsss.random_walk_forward(*(t.float() for t in _inputs(*case)), 8.0, 3, fused=fused)
+    _check(out, _oracle(*case, 8.0, 3), f"triton gpu blocks fused={fused}")
+
+
+def test_local_walk_weights_are_the_transition_matrix():
+    """The weights of the local scheme are the entries of the oracle's transition matrix, column by column."""
+    _, aff = _inputs(1, 1, 6, 7, 3, seed=10)
+    t = reference.transition_matrix(aff, 8.0)[0]  # [N, N]; column j: the weights into pixel j
+    torch.testing.assert_close(t.sum(dim=0), torch.ones(42, dtype=torch.float64))
+    weights, inv_d, offsets = walk_weights(aff, 8.0)
+    local = torch.zeros_like(t)
+    for y in range(6):
+        for x in range(7):
+            j = y * 7 + x
+            local[j, j] = inv_d[0, 0, y, x]
+            for d, (dy, dx) in enumerate(offsets):
+                for sign, plane in ((1, d), (-1, len(offsets) + d)):
+                    qy, qx = y + sign * dy, x + sign * dx
+                    if 0 <= qy < 6 and 0 <= qx < 7:
+                        local[qy * 7 + qx, j] = weights[0, plane, y, x] * inv_d[0, 0, y, x]
+                    else:
+                        assert weights[0, plane, y, x] == 0
+    torch.testing.assert_close(local, t)
+
+
+def test_csrc_128x128_matches_local_walk():
+    """128 x 128 (N = 16384: the dense matrix alone would be 1 GiB in fp32): csrc against the local walk."""
+    cam, aff = _inputs(1, 3, 128, 128, 5, seed=11)
+    out = gops.random_walk(cam.float(), aff.float(), 8.0, 16, backend="csrc")
+    ref = random_walk_local(cam, aff, 8.0, 16)
+    _check(out, ref, "csrc 128x128")
