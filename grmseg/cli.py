@@ -1,24 +1,53 @@
-"""Command line: ``python -m grmseg <command>``."""
+"""Command line: ``python -m grmseg <command>``.
+
+WSSS stages (settings by flags and/or ``--config file.json|yaml``; everything under ``--run-dir``):
+``train-cls``, ``make-cam``, (``train-aff``), ``refine``, ``train-seg``, ``eval``; ``demo`` runs them all on the synthetic
+dataset; ``ablation`` compares with/without the knowledge GCN head and with/without GRM. ``train-cls`` and
+``train-seg`` run data-parallel when launched by ``torchrun --nproc_per_node N -m grmseg ...``.
+Also: ``layer-demo`` (GRM inside a torchvision DeepLabV3, one timed training step) and ``info``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+STAGE_HELP = {
+    "train-cls": "train the multi-label classifier (+ knowledge GCN head)",
+    "make-cam": "multi-scale + flip CAMs of the cam split",
+    "train-aff": "optional: train PSA's AffinityNet on the confident CAM regions (use with --aff-source affnet)",
+    "refine": "affinity + random walk -> pseudo-mask PNGs",
+    "train-seg": "train the segmentation net (GRM on/off) on the pseudo masks",
+    "eval": "mIoU + confusion matrices of CAMs, pseudo masks and segmentation; report.md",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command. Returns the exit status."""
-    parser = argparse.ArgumentParser(prog="grmseg", description=__doc__)
+    from grmseg.pipeline.config import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="grmseg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="GRM inside DeepLabV3: one training step on a random batch, timed")
-    demo.add_argument("--batch", type=int, default=2)
-    demo.add_argument("--size", type=int, default=129)
-    demo.add_argument("--device", default="cpu")
-    demo.add_argument("--seed", type=int, default=0)
+    layer = sub.add_parser("layer-demo", help="GRM inside DeepLabV3: one training step on a random batch, timed")
+    layer.add_argument("--batch", type=int, default=2)
+    layer.add_argument("--size", type=int, default=129)
+    layer.add_argument("--device", default="cpu")
+    layer.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="what was built and which backends run here")
+    for name, text in STAGE_HELP.items():
+        add_config_arguments(sub.add_parser(name, help=text))
+    demo = sub.add_parser("demo", help="the whole WSSS pipeline on the synthetic dataset (a few CPU minutes)")
+    add_config_arguments(demo)
+    demo.add_argument("--resume", action="store_true", help="continue an earlier demo run instead of starting over")
+    abl = sub.add_parser("ablation", help="knowledge GCN head on/off x GRM on/off on the synthetic dataset")
+    add_config_arguments(abl)
+    abl.add_argument("--quick", action="store_true", help="fewer images and epochs")
+    abl.add_argument("--seeds", default="0", help="comma-separated seeds (results averaged)")
+    abl.add_argument("--fresh", action="store_true", help="remove earlier ablation runs first")
     args = parser.parse_args(argv)
 
-    if args.command == "demo":
+    if args.command == "layer-demo":
         from grmseg.demo import run_demo
 
         run_demo(batch=args.batch, size=args.size, device=args.device, seed=args.seed)
@@ -31,7 +60,31 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for status in grmseg.backends().values():
                 print(status)
+    else:
+        _pipeline(args)
     return 0
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    from grmseg.pipeline import runner, stages
+    from grmseg.pipeline.config import config_from_args, demo_preset
+
+    if args.command == "demo":
+        cfg = config_from_args(args, {**demo_preset(), "run_dir": "runs/demo"})
+        runner.run_demo(cfg, fresh=not args.resume)
+    elif args.command == "ablation":
+        preset = {**demo_preset(), "run_dir": "runs/ablation"}
+        if args.quick:
+            preset.update(runner.quick_overrides())
+        cfg = config_from_args(args, preset)
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        runner.run_ablation(cfg, seeds, fresh=args.fresh)
+    else:
+        cfg = config_from_args(args)
+        fn = {"train-cls": stages.train_cls, "make-cam": stages.make_cam, "train-aff": stages.train_aff,
+              "refine": stages.refine,
+              "train-seg": stages.train_seg, "eval": stages.evaluate}[args.command]
+        fn(cfg)
 
 
 if __name__ == "__main__":

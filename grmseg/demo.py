@@ -1,4 +1,7 @@
-"""The demo: GRM inside a torchvision DeepLabV3, one training step on a random batch, with timings."""
+"""``python -m grmseg layer-demo``: GRM inside a torchvision DeepLabV3, one training step on a random batch, timed.
+
+(The pipeline demo, ``python -m grmseg demo``, is :func:`grmseg.pipeline.runner.run_demo`.)
+"""
 
 from __future__ import annotations
 
@@ -68,7 +71,7 @@ def run_demo(batch: int = 2, size: int = 129, num_classes: int = 21, device: str
                        "grm_forward": grm_ms[0]},
         "backends": {k: ops.selected(k, dev) for k in GRM_KERNELS},
     }
-    print(f"grmseg demo: DeepLabV3-ResNet50 + GRM(in_channels={grm.in_channels}, num_nodes={grm.num_nodes}), "
+    print(f"grmseg layer-demo: DeepLabV3-ResNet50 + GRM(in_channels={grm.in_channels}, num_nodes={grm.num_nodes}), "
           f"batch {batch} x 3 x {size} x {size} on {dev}")
     print("\nbackends on this machine:")
     for status in ops.backends().values():

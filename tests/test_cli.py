@@ -1,4 +1,5 @@
-"""The command line: the demo runs one training step and reports what ran where."""
+"""The command line: ``layer-demo`` runs one training step and reports what ran where; ``demo`` is the pipeline
+(tested in tests/test_pipeline_stages.py)."""
 
 import pytest
 
@@ -15,6 +16,20 @@ def test_demo_runs_one_training_step(capsys):
     for kernel, backend in result["backends"].items():
         assert f"{kernel:<24} {backend}" in out
     assert "backends on this machine" in out
+
+
+def test_layer_demo_command(capsys):
+    assert main(["layer-demo", "--batch", "2", "--size", "33"]) == 0
+    out = capsys.readouterr().out
+    assert "one training step: loss" in out and "backends on this machine" in out
+
+
+def test_pipeline_commands_are_listed(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("train-cls", "make-cam", "refine", "train-seg", "eval", "demo", "ablation", "layer-demo"):
+        assert command in out
 
 
 def test_info_command(capsys):

@@ -1,0 +1,214 @@
+"""The pipeline configuration: one dataclass, filled from defaults < a JSON/YAML file < command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class PipelineConfig:
+    """Every setting of every stage; the resolved config is saved as ``<run_dir>/config.json``."""
+
+    # run and data
+    run_dir: str = "runs/wsss"
+    dataset: str = "synthetic"  # synthetic | voc | coco
+    data_root: str | None = None
+    cls_labels: str | None = None  # IRN cls_labels.npy / .json / .txt; default: labels from the masks
+    train_split: str = "train"  # classifier and segmentation training (VOC: train_aug)
+    cam_split: str = "train"  # CAMs and pseudo masks are made (and scored) on this split
+    val_split: str = "val"  # the segmentation net is scored here
+    syn_train_images: int = 512
+    syn_val_images: int = 128
+    syn_size: int = 64
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 0
+    threads: int = 0  # CPU threads per process (0: torch's default; 1 is fastest on a busy 2-core machine)
+    crop_size: int = 0  # random crop for real data (0: keep the image size; batches then need equal sizes)
+    progress: bool = True
+    # classifier
+    backbone: str = "tiny"  # tiny | resnet18 | resnet34 | resnet50 | resnet101
+    width: int = 16  # tiny backbone width
+    weights_path: str | None = None  # torchvision ResNet state dict (never downloaded)
+    output_stride: int = 16
+    use_gcn: bool = True  # knowledge GCN head (ML-GCN) beside the 1x1 classifier
+    gcn_hidden: int = 256
+    gcn_loss_weight: float = 1.0
+    graph: str = "cooccurrence"  # knowledge graph for GCN head and GRM: cooccurrence | knn | none
+    cam_source: str = "classifier"  # classifier | gcn | both
+    cls_epochs: int = 10
+    cls_batch: int = 32
+    cls_lr: float = 0.05
+    weight_decay: float = 1e-4
+    # CAMs and pseudo masks
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    cam_flip: bool = True
+    cam_eval_thres: float = 0.2  # background threshold when CAMs are scored as masks
+    bg_mode: str = "threshold"  # threshold (IRN: after the walk) | psa ((1 - max fg)^alpha, walked too)
+    bg_threshold: float = 0.25  # IRN sem_seg_bg_thres
+    bg_alpha: float = 16.0  # PSA
+    aff_source: str = "classifier"  # classifier (its features) | affnet (PSA AffinityNet, stage train-aff)
+    aff_radius: int = 5
+    aff_scale: float = 1.0  # classifier features are divided by their mean |value| and multiplied by this
+    aff_rgb_weight: float = 0.0  # > 0: the image colour (down-sampled) joins the affinity features
+    rw_beta: float = 8.0
+    rw_steps: int = 256
+    aff_epochs: int = 5  # train-aff
+    aff_lr: float = 0.05
+    aff_dim: int = 64
+    conf_fg: float = 0.5  # confident foreground: CAM above this (IRN 0.30 with its CAMs)
+    conf_bg: float = 0.1  # confident background: every CAM below this (IRN 0.05)
+    # segmentation
+    seg_epochs: int = 10
+    seg_batch: int = 16
+    seg_lr: float = 0.01
+    aspp_channels: int = 256
+    aspp_rates: tuple[int, ...] = (6, 12, 18)
+    use_grm: bool = True
+    grm_node_dim: int = 256
+    grm_key_dim: int = 64
+    grm_gcn_layers: int = 1
+    grm_embeddings: bool = True
+    seg_init_from_cls: bool = True  # start the segmentation backbone from the trained classifier's
+    # report
+    num_figures: int = 6
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as JSON (atomically)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        """A copy with ``changes`` applied (validated)."""
+        return PipelineConfig.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        """Build from a dict; ValueError naming unknown keys or values of the wrong type."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for key, value in data.items():
+            out[key] = _coerce(key, hints[key], value)
+        return cls(**out)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Check/convert ``value`` to the field type ``hint``."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"config key {key!r} must not be null")
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} must be a list, got {value!r}")
+        return tuple(args[0](v) for v in value)
+    base = next((a for a in args if a is not type(None)), hint)
+    if base is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true/false, got {value!r}")
+        return value
+    try:
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return base(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r} must be {base.__name__}, got {value!r}") from None
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON file, or a YAML file (``.yaml``/``.yml``, needs PyYAML) into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ImportError(f"config file {str(p)!r} is YAML: pip install pyyaml, or use JSON") from None
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise TypeError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE`` and one ``--<key>`` flag per config field (default: unset, i.e. keep the file's)."""
+    parser.add_argument("--config", help="JSON or YAML file of config keys (flags override it)")
+    hints = typing.get_type_hints(PipelineConfig)
+    for f in fields(PipelineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = f"(default: {default})"
+        if hint is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif typing.get_origin(hint) is tuple:
+            parser.add_argument(flag, dest=f.name, default=None, help=f"comma-separated {helptext}")
+        else:
+            base = next((a for a in args if a is not type(None)), hint)
+            parser.add_argument(flag, dest=f.name, type=base, default=None, help=helptext)
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> PipelineConfig:
+    """defaults < ``base`` (a preset) < ``--config`` file < flags."""
+    data: dict[str, Any] = dict(base or {})
+    if getattr(args, "config", None):
+        data.update(load_config_file(args.config))
+    for f in fields(PipelineConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            data[f.name] = v
+    return PipelineConfig.from_dict(data)
+
+
+def demo_preset() -> dict[str, Any]:
+    """The synthetic-data settings of ``python -m grmseg demo``: a few minutes on a 2-core CPU.
+
+    The CAM threshold, background threshold and affinity settings were picked once on 150 training images
+    with their masks (as WSSS papers tune them on the training set); see the README's demo section.
+    """
+    return {
+        "dataset": "synthetic", "threads": 1, "syn_train_images": 1024, "syn_val_images": 128, "syn_size": 64,
+        "backbone": "tiny", "width": 16, "gcn_hidden": 64, "cls_epochs": 15, "cls_batch": 32, "cls_lr": 0.05,
+        "cam_scales": (1.0, 1.5), "cam_eval_thres": 0.5, "bg_threshold": 0.5, "aff_scale": 0.5,
+        "aff_rgb_weight": 12.0, "rw_beta": 4.0, "rw_steps": 64, "aff_radius": 4,
+        "seg_epochs": 10, "seg_batch": 16, "seg_lr": 0.02, "aspp_channels": 48, "aspp_rates": (2, 4),
+        "grm_node_dim": 48, "grm_key_dim": 32, "num_figures": 6,
+    }
+
+
+def tiny_preset() -> dict[str, Any]:
+    """A very small synthetic config for the tests (seconds per stage)."""
+    return {**demo_preset(), "syn_train_images": 24, "syn_val_images": 8, "syn_size": 32, "width": 4,
+            "gcn_hidden": 8, "cls_epochs": 1, "cls_batch": 8, "cam_scales": (1.0,), "rw_steps": 8,
+            "aff_radius": 3, "seg_epochs": 1, "seg_batch": 8, "aspp_channels": 8, "aspp_rates": (1,),
+            "grm_node_dim": 8, "grm_key_dim": 4, "num_figures": 2, "progress": False}
+

@@ -1,0 +1,186 @@
+"""Every stage on a tiny synthetic config, through the command line: outputs, resume, config files, report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grmseg.cli import main
+from grmseg.pipeline import stages
+from grmseg.pipeline.config import PipelineConfig, tiny_preset
+from grmseg.pipeline.datasets import SYNTHETIC_CLASSES
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """The stages set torch's CPU thread count (``threads`` config key); give the other tests theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The ``demo`` command on the tiny config (runs every stage once for the module)."""
+    run = tmp_path_factory.mktemp("demo") / "run"
+    cfg_file = run.parent / "tiny.json"
+    cfg_file.write_text(json.dumps({**PipelineConfig.from_dict(tiny_preset()).to_dict(), "run_dir": str(run)}))
+    assert main(["demo", "--config", str(cfg_file)]) == 0
+    return run, cfg_file
+
+
+def test_demo_writes_every_output(demo_run, capsys):
+    run, _ = demo_run
+    cfg = PipelineConfig.from_dict(json.loads((run / "config.json").read_text()))
+    n_train = cfg.syn_train_images
+    assert (run / "cls" / "model.pt").is_file() and (run / "seg" / "model.pt").is_file()
+    assert len(list((run / "cams").glob("*.npz"))) == n_train
+    pngs = sorted((run / "pseudo").glob("*.png"))
+    assert len(pngs) == n_train
+    m = np.asarray(Image.open(pngs[0]))
+    assert m.shape == (cfg.syn_size, cfg.syn_size) and m.max() < len(SYNTHETIC_CLASSES)
+    assert len(list((run / "seg_pred").glob("*.png"))) == cfg.syn_val_images
+    assert not list(run.rglob("*.tmp*")), "temporary files left behind"
+    res = json.loads((run / "eval" / "eval.json").read_text())["results"]
+    assert set(res) == {"CAM", "pseudo mask", "segmentation (GRM)"}
+    for r in res.values():
+        assert 0.0 <= r["miou"] <= 1.0
+        assert np.asarray(r["confusion"]).shape == (7, 7)
+    report = (run / "report.md").read_text()
+    assert "figures/examples.png" in report and "mIoU" in report
+    fig = Image.open(run / "figures" / "examples.png")
+    assert fig.size[0] > 5 * cfg.syn_size
+    log = (run / "log.txt").read_text()
+    assert "[cls] epoch 1/1" in log and "[eval]" in log
+
+
+def test_cam_file_and_masks(demo_run):
+    run, _ = demo_run
+    cfg = PipelineConfig.from_dict(json.loads((run / "config.json").read_text()))
+    ds = stages.open_dataset(cfg, "train")
+    s = ds[0]
+    cam = stages.load_cam(run / "cams" / f"{s['id']}.npz")
+    assert cam["keys"].tolist() == (np.flatnonzero(s["labels"]) + 1).tolist()
+    assert cam["high_res"].shape == (len(cam["keys"]), cfg.syn_size, cfg.syn_size)
+    assert cam["cam"].shape[1:] == (cfg.syn_size // 4, cfg.syn_size // 4)
+    assert 0 <= cam["high_res"].min() and cam["high_res"].max() <= 1.0
+    mask = stages.cam_to_mask(cam, 0.2)
+    assert set(np.unique(mask)) <= {0, *cam["keys"].tolist()}
+
+
+def test_stages_skip_done_work_and_eval_again(demo_run, capsys):
+    run, _ = demo_run
+    for stage in ("train-cls", "make-cam", "refine", "train-seg"):
+        assert main([stage, "--config", str(run / "config.json")]) == 0
+    out = capsys.readouterr().out
+    assert "done already" in out and "0 new CAM files" in out and "0 new pseudo masks" in out
+    assert main(["eval", "--config", str(run / "config.json"), "--no-progress"]) == 0
+    assert "| CAM (train) |" in capsys.readouterr().out
+
+
+def test_training_resumes_from_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    flags = ["--run-dir", str(run), "--syn-train-images", "16", "--syn-size", "32", "--width", "4",
+             "--gcn-hidden", "8", "--cls-batch", "8", "--no-progress", "--threads", "1"]
+    assert main(["train-cls", *flags, "--cls-epochs", "1"]) == 0
+    (run / "cls" / "model.pt").unlink()  # as if interrupted after epoch 1 of 2
+    assert main(["train-cls", *flags, "--cls-epochs", "2"]) == 0
+    log = (run / "log.txt").read_text()
+    assert "resuming from epoch 1" in log and "[cls] epoch 2/2" in log
+    assert "[cls] epoch 1/2" not in log
+
+
+def test_config_files_and_errors(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"cam_scales": [1.0, 0.5], "use_grm": False, "seg_lr": 0.5}))
+    import argparse
+
+    from grmseg.pipeline.config import add_config_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    cfg = config_from_args(p.parse_args(["--config", str(f), "--seg-lr", "0.25", "--aspp-rates", "1,2"]))
+    assert cfg.cam_scales == (1.0, 0.5) and cfg.use_grm is False and cfg.seg_lr == 0.25 and cfg.aspp_rates == (1, 2)
+    with pytest.raises(ValueError, match="unknown config keys"):
+        PipelineConfig.from_dict({"no_such_key": 1})
+    with pytest.raises(ValueError, match="must be int"):
+        PipelineConfig.from_dict({"cls_epochs": "many"})
+    with pytest.raises(FileNotFoundError, match="no trained classifier"):
+        stages.make_cam(PipelineConfig(run_dir=str(tmp_path / "empty")))
+
+
+def test_ablation_command_on_tiny_config(tmp_path, capsys):
+    cfg_file = tmp_path / "tiny.json"
+    cfg_file.write_text(json.dumps({**PipelineConfig.from_dict(tiny_preset()).to_dict(), "num_figures": 0,
+                                    "syn_train_images": 16}))
+    assert main(["ablation", "--config", str(cfg_file), "--run-dir", str(tmp_path / "abl"), "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| GCN head on | GRM on |", "| GCN head on | GRM off |", "| GCN head off | GRM on |",
+                "| GCN head off | GRM off |"):
+        assert row in out
+    assert (tmp_path / "abl" / "ablation.md").is_file()
+    assert (tmp_path / "abl" / "gcn-off-s0" / "seg_nogrm" / "model.pt").is_file()
+
+
+def test_every_stage_on_a_fake_voc_folder(tmp_path, capsys):
+    from grmseg.pipeline.datasets import save_png_atomic, voc_palette
+
+    root = tmp_path / "VOC2012"
+    ids = [f"2007_{i:06d}" for i in range(6)]
+    g = np.random.default_rng(0)
+    for k, i in enumerate(ids):
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        h, w = 24 + 2 * k, 30 - k  # sizes differ, as in VOC
+        Image.fromarray(g.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
+        m = np.zeros((h, w), np.uint8)
+        m[4:14, 5:15] = 1 + (k % 3) * 7  # aeroplane / car / dog
+        m[0, :] = 255
+        save_png_atomic(root / "SegmentationClassAug" / f"{i}.png", m, voc_palette())
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train_aug.txt").write_text("\n".join(ids[:4]))
+    (sets / "val.txt").write_text("\n".join(ids[4:]))
+    flags = ["--run-dir", str(tmp_path / "run"), "--dataset", "voc", "--data-root", str(root),
+             "--train-split", "train_aug", "--cam-split", "train_aug", "--val-split", "val", "--crop-size", "16",
+             "--width", "4", "--gcn-hidden", "8", "--cls-epochs", "1", "--cls-batch", "2", "--seg-epochs", "1",
+             "--seg-batch", "2", "--cam-scales", "1.0", "--rw-steps", "4", "--aff-radius", "2", "--aspp-channels",
+             "8", "--aspp-rates", "1", "--grm-node-dim", "8", "--grm-key-dim", "4", "--num-figures", "2",
+             "--no-progress", "--threads", "1"]
+    with pytest.raises(ValueError, match="set crop_size"):
+        main(["train-cls", *flags, "--crop-size", "0", "--run-dir", str(tmp_path / "nocrop")])
+    for stage in ("train-cls", "make-cam", "refine", "train-seg", "eval"):
+        assert main([stage, *flags]) == 0
+    res = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    assert len(res["class_names"]) == 21
+    assert res["results"]["segmentation (GRM)"]["images"] == 2 and res["results"]["CAM"]["images"] == 4
+    mask = np.asarray(Image.open(tmp_path / "run" / "pseudo" / f"{ids[1]}.png"))
+    assert mask.shape == (26, 29)
+
+
+def test_affinity_net_stage(demo_run, tmp_path, capsys):
+    import shutil
+
+    from grmseg.pipeline.affinity_net import affinity_loss, confident_labels
+
+    lab = confident_labels(np.array([2, 5]), np.array([[[0.9, 0.3], [0.0, 0.0]], [[0.1, 0.95], [0.02, 0.6]]],
+                                                      np.float32), conf_fg=0.5, conf_bg=0.05)
+    assert lab.tolist() == [[2, 5], [0, 5]]
+    feat = torch.randn(2, 4, 6, 7, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 6, 7))
+    labels[0, 0] = 255
+    loss, counts = affinity_loss(feat, labels, 3)
+    loss.backward()
+    assert loss.item() > 0 and feat.grad.abs().sum() > 0 and min(counts.values()) > 0
+    run, _ = demo_run
+    other = tmp_path / "run"
+    shutil.copytree(run / "cls", other / "cls")
+    shutil.copytree(run / "cams", other / "cams")
+    flags = ["--config", str(run / "config.json"), "--run-dir", str(other), "--aff-source", "affnet",
+             "--aff-epochs", "1", "--aff-dim", "8"]
+    assert main(["train-aff", *flags]) == 0
+    assert main(["refine", *flags]) == 0
+    assert (other / "aff" / "model.pt").is_file()
+    assert len(list((other / "pseudo").glob("*.png"))) == len(list((run / "pseudo").glob("*.png")))
