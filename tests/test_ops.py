@@ -94,6 +94,11 @@ def test_forced_backend_and_environment_variable(monkeypatch):
         ops.grm_project(*_args()["grm_project"])
 
 
+def test_selected_rejects_unknown_kernel_names():
+    with pytest.raises(ValueError, match="unknown kernel 'random_walk'"):
+        ops.selected("random_walk", "cpu")
+
+
 def test_unknown_backend_name_is_rejected_before_running():
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
         ops.grm_project(*_args()["grm_project"], backend="cuda")

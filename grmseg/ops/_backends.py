@@ -132,6 +132,9 @@ def _resolve(kernel: str, device_type: str, requested: str) -> str:
 
 def selected(kernel: str, device: torch.device | str, backend: str = "auto") -> str:
     """The name of the backend that runs ``kernel`` (e.g. ``"grm_project_forward"``) on ``device``."""
+    known = _kernels("reference", "cpu")
+    if kernel not in known:
+        raise ValueError(f"unknown kernel {kernel!r}; kernels are {sorted(known)}")
     return _resolve(kernel, torch.device(device).type, _requested(backend))
 
 

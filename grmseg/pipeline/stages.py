@@ -510,7 +510,7 @@ def refine(cfg: PipelineConfig) -> Path:
         save_png_atomic(out / f"{s['id']}.png", mask, pal)
     rt.barrier()
     log.info(f"[refine] {len(todo)} new pseudo masks in {out} ({time.perf_counter() - t0:.1f} s; random walk "
-             f"backend {ops.selected('random_walk', dev) if hasattr(ops, 'selected') else '?'})")
+             f"backend {ops.selected('random_walk_forward', dev)})")
     return out
 
 
