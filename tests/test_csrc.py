@@ -1,5 +1,6 @@
-"""The compiled backend (grmseg._C, torch.ops.grmseg_C.*): grm_project_forward on CPU and CUDA, the backend
-plumbing (status, kernels, fallback to the reference) and the build report.
+"""The compiled backend (grmseg._C, torch.ops.grmseg_C.*): the GRM kernels (grm_project forward and backward,
+grm_reproject forward and backward) on CPU and CUDA, the backend plumbing (status, kernels, fallback to the
+reference) and the build report.
 
 These tests fail, never skip, when grmseg._C is missing: `make build` builds it.
 """
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tolerance import assert_close
 
 import grmseg
 from grmseg import _ext, reference
 from grmseg.ops import _backends
-from grmseg.ops.impl import csrc
+from grmseg.ops.impl import csrc, cupy_nvrtc
 
 SHAPES = [  # (B, C, P, K)
     (3, 59, 97, 21),
@@ -197,13 +199,225 @@ def test_bad_input_raises_runtime_error(args, match):
         ops.grm_project_forward(*args)
 
 
+# ------------------------------------------------------------- CPU: grm_project_backward, grm_reproject_*
+# Each kernel: (name of torch.ops.grmseg_C.<name>, the reference function, its inputs from _grm_inputs).
+GRM_KERNELS = {
+    "grm_project_backward": (reference.grm_project_backward, ("gh", "gm", "x", "w", "b")),
+    "grm_reproject_forward": (reference.grm_reproject, ("x", "q", "v")),
+    "grm_reproject_backward": (reference.grm_reproject_backward, ("gy", "x", "q", "v")),
+}
+GRM_SHAPES = [(3, 59, 97, 21), (2, 5, 1, 3), (1, 3, 33, 1), (1, 1, 1, 1), (2, 7, 300, 2)]
+
+
+def _grm_inputs(bsz, c, p, k, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    t = {
+        "x": rnd(bsz, c, p),
+        "w": rnd(k, c, scale=max(c, 1) ** -0.5),
+        "b": rnd(k),
+        "q": rnd(bsz, k, c, scale=2 * max(c, 1) ** -0.5),
+        "v": rnd(bsz, k, c),
+        "gh": rnd(bsz, k, c),
+        "gm": rnd(bsz, k),
+        "gy": rnd(bsz, c, p),
+    }
+    return {n: v.to(device=device, dtype=dtype) for n, v in t.items()}
+
+
+def _as_tuple(out):
+    return out if isinstance(out, (tuple, list)) else (out,)
+
+
+def _run(name, t, names=None):
+    return _as_tuple(getattr(ops, name)(*(t[n] for n in (names or GRM_KERNELS[name][1]))))
+
+
+def _check_kernel(name, t, out=None):
+    """The kernel's outputs against the float64 oracle with the rule of tests/_tolerance.py."""
+    fn, names = GRM_KERNELS[name]
+    out = _run(name, t) if out is None else out
+    oracle = _as_tuple(fn(*(t[n].double() for n in names)))
+    plain = _as_tuple(fn(*(t[n] for n in names))) if t["x"].dtype in (torch.float16, torch.bfloat16) else None
+    assert len(out) == len(oracle)
+    for i, (o, r) in enumerate(zip(out, oracle)):
+        assert o.dtype == t["x"].dtype and o.is_contiguous() and o.device == t["x"].device
+        assert_close(o, r, None if plain is None else plain[i], name=f"{name}[{i}]")
+
+
+@pytest.mark.parametrize("shape", GRM_SHAPES + [LARGE_P])
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cpu_grm_kernels_fp64_tight(name, shape):
+    t = _grm_inputs(*shape)
+    fn, names = GRM_KERNELS[name]
+    for o, r in zip(_run(name, t), _as_tuple(fn(*(t[n] for n in names)))):
+        assert o.shape == r.shape and o.dtype == torch.float64 and o.is_contiguous()
+        torch.testing.assert_close(o, r, rtol=1e-11, atol=1e-11 * max(1.0, r.abs().max().item()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", GRM_SHAPES + [LARGE_P])
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cpu_grm_kernels_lower_precision(name, shape, dtype):
+    _check_kernel(name, _grm_inputs(*shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cpu_grm_kernels_empty_sizes(name):
+    for shape in [(2, 4, 0, 3), (0, 4, 5, 3), (2, 0, 5, 3), (2, 4, 5, 0)]:
+        t = _grm_inputs(*shape)
+        fn, names = GRM_KERNELS[name]
+        for o, r in zip(_run(name, t), _as_tuple(fn(*(t[n] for n in names)))):
+            assert o.shape == r.shape
+            torch.testing.assert_close(o, r)
+
+
+def _strided_variants(t):
+    """Non-contiguous versions of x / gy: transposed storage, channel stride 2 with an offset, channels-last
+    maps seen as [B, C, P], batch stride 0; and non-contiguous w, b, q, v, gh, gm."""
+    bsz, c, p = t["x"].shape
+
+    def transposed(a):
+        return a.transpose(1, 2).contiguous().transpose(1, 2)
+
+    def sliced(a):
+        big = torch.zeros(a.shape[0] + 2, 2 * c + 1, p + 4, dtype=a.dtype, device=a.device)
+        big[1:-1, 1::2, 3:-1] = a
+        return big[1:-1, 1::2, 3:-1]
+
+    def channels_last(a):
+        return a.reshape(bsz, c, p, 1).contiguous(memory_format=torch.channels_last).flatten(2)
+
+    def nc(a):  # same values, every dim strided
+        return torch.stack([a, a], dim=-1)[..., 0]
+
+    out = []
+    for f in (transposed, sliced, channels_last):
+        out.append({**t, "x": f(t["x"]), "gy": f(t["gy"])})
+    first = {**t, "x": t["x"][:1], "gy": t["gy"][:1]}
+    out.append(
+        {
+            **{n: v[:1] if v.dim() and n != "w" and n != "b" else v for n, v in t.items()},
+            "x": first["x"].expand(bsz, c, p),
+            "gy": first["gy"].expand(bsz, c, p),
+            "q": t["q"][:1].expand_as(t["q"]),
+            "v": t["v"][:1].expand_as(t["v"]),
+            "gh": t["gh"][:1].expand_as(t["gh"]),
+            "gm": t["gm"][:1].expand_as(t["gm"]),
+        }
+    )
+    out.append({n: nc(v) for n, v in t.items()})
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cpu_grm_kernels_non_contiguous_and_channels_last(name, dtype):
+    t = _grm_inputs(3, 59, 97, 21, dtype=dtype)
+    variants = _strided_variants(t)
+    assert variants[2]["x"].stride(1) == 1 and variants[2]["x"].stride(2) == 59  # channels-last derived
+    for tv in variants:
+        assert not tv["x"].is_contiguous()
+        out = _run(name, tv)
+        contiguous = {n: v.contiguous() for n, v in tv.items()}
+        _check_kernel(name, contiguous, out)
+        if dtype == torch.float64:  # strides change nothing but the rounding of the reductions
+            for o, r in zip(out, _run(name, contiguous)):
+                torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["grm_project_backward", "grm_reproject_backward"])
+def test_cpu_grm_backward_deterministic_across_thread_counts(name):
+    t = _grm_inputs(2, 13, 5003, 6, dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        first = _run(name, t)
+        torch.set_num_threads(max(2, before))
+        second, third = _run(name, t), _run(name, t)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) and torch.equal(b, c) for a, b, c in zip(first, second, third))
+
+
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_grm_kernels_meta_and_opcheck(name):
+    t = _grm_inputs(3, 59, 97, 21, dtype=torch.float32)
+    meta = _run(name, {n: v.to("meta") for n, v in t.items()})
+    for m, o in zip(meta, _run(name, t)):
+        assert m.device.type == "meta" and m.shape == o.shape and m.dtype == o.dtype
+    small = _grm_inputs(2, 5, 7, 3, dtype=torch.float32)
+    torch.library.opcheck(getattr(ops, name).default, tuple(small[n] for n in GRM_KERNELS[name][1]))
+
+
+def test_gradcheck_through_op_layer_with_csrc():
+    for kernel in ("grm_project_forward", "grm_project_backward", "grm_reproject_forward", "grm_reproject_backward"):
+        assert grmseg.ops.selected(kernel, "cpu", "csrc") == "csrc"
+    for shape in [(2, 5, 7, 3), (1, 3, 1, 1), (2, 4, 9, 1)]:
+        t = _grm_inputs(*shape)
+        x, w, b, q, v = (t[n].clone().requires_grad_() for n in ("x", "w", "b", "q", "v"))
+        assert torch.autograd.gradcheck(lambda x, w, b: grmseg.ops.grm_project(x, w, b, backend="csrc"), (x, w, b))
+        assert torch.autograd.gradcheck(lambda x, q, v: grmseg.ops.grm_reproject(x, q, v, backend="csrc"), (x, q, v))
+
+
+def test_op_layer_grads_match_reference_with_csrc():
+    t = _grm_inputs(3, 59, 97, 21)
+    leaves = [t[n].clone().requires_grad_() for n in ("x", "q", "v")]
+    y = grmseg.ops.grm_reproject(*leaves, backend="csrc")
+    y.backward(t["gy"])
+    ref = [t[n].clone().requires_grad_() for n in ("x", "q", "v")]
+    reference.grm_reproject(*ref).backward(t["gy"])
+    torch.testing.assert_close(y.detach(), reference.grm_reproject(t["x"], t["q"], t["v"]))
+    for got, want in zip(leaves, ref):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-10, atol=1e-10)
+
+
+def _bad(name, **changes):
+    t = _grm_inputs(2, 5, 7, 3, dtype=torch.float32)
+    t.update(changes)
+    return name, tuple(t[n] for n in GRM_KERNELS[name][1])
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        (_bad("grm_project_backward", gh=torch.randn(2, 3, 4)), r"gh must be \[B, K, C\] = \[2, 3, 5\]"),
+        (_bad("grm_project_backward", gm=torch.randn(2, 4)), r"gm must be \[B, K\] = \[2, 3\]"),
+        (_bad("grm_project_backward", gh=torch.randn(2, 3, 5).double()), r"dtype of x"),
+        (_bad("grm_project_backward", w=torch.randn(3, 4)), r"w must be \[K, C\] with C = x.size\(1\) = 5"),
+        (_bad("grm_reproject_forward", x=torch.randn(5, 7)), r"x must be \[B, C, P\]"),
+        (_bad("grm_reproject_forward", q=torch.randn(2, 3, 4)), r"q must be \[B, K, C\] with B = 2, C = 5"),
+        (_bad("grm_reproject_forward", v=torch.randn(2, 4, 5)), r"v must have the shape of q"),
+        (_bad("grm_reproject_forward", q=torch.randn(2, 3, 5).double()), r"same dtype"),
+        (_bad("grm_reproject_backward", gy=torch.randn(2, 5, 6)), r"gy must have the shape of x"),
+        (_bad("grm_reproject_backward", gy=torch.randn(2, 5, 7).half()), r"gy must have the dtype of x"),
+        (
+            _bad(
+                "grm_reproject_forward",
+                x=torch.ones(2, 5, 7, dtype=torch.int32),
+                q=torch.ones(2, 3, 5, dtype=torch.int32),
+                v=torch.ones(2, 3, 5, dtype=torch.int32),
+            ),
+            r"float16, bfloat16, float32 or float64",
+        ),
+    ],
+)
+def test_grm_kernels_bad_input_raises_runtime_error(case, match):
+    name, args = case
+    with pytest.raises(RuntimeError, match=match):
+        getattr(ops, name)(*args)
+
+
 # ----------------------------------------------------------------------------------------- backend plumbing
 def test_backend_status_and_kernels():
     assert csrc.status("cpu") == (True, "")
     assert "grm_project_forward" in csrc.kernels("cpu")
     assert "grm_project_forward" not in csrc.kernels("tpu")
     ok, why = csrc.status("cuda")
-    assert ok == _ext.cuda_built()
+    assert ok == (_ext.cuda_built() or cupy_nvrtc.active()[0])
     assert ok or "built without its CUDA part" in why
     assert ("grm_project_forward" in csrc.kernels("cuda")) == _ext.cuda_built()
     for name in csrc.kernels("cpu") | csrc.kernels("cuda"):
@@ -217,7 +431,11 @@ def test_backend_status_and_kernels():
         assert status.available["cuda"] == _ext.cuda_built()
     assert _backends.selected("grm_project_forward", "cpu", "csrc") == "csrc"
     assert _backends.selected("grm_project_forward", "cpu") == "csrc"  # preferred on the CPU once built
-    assert _backends.selected("grm_project_backward", "cpu", "csrc") == "reference"  # not written yet: fallback
+    for name in ("grm_project_backward", "grm_reproject_forward", "grm_reproject_backward"):
+        assert name in csrc.kernels("cpu") and _ext.has_kernel(name, "Meta")
+        assert _backends.selected(name, "cpu", "csrc") == "csrc"
+        assert _backends.selected(name, "cpu") == "csrc"
+    assert _backends.selected("graph_conv_forward", "cpu", "csrc") == "reference"  # not written yet: fallback
 
 
 def test_op_layer_forward_and_backward_through_fallback():
@@ -245,6 +463,195 @@ def test_build_summary_mentions_versions_and_backends():
     assert ("with CUDA" in text) == _ext.cuda_built()
     for name in ("reference", "triton", "csrc"):
         assert name in text
+
+
+# ------------------------------------------------------------ CUDA device code, emulated on the CPU (no GPU)
+# The kernels of csrc/cuda/grm_fused_kernels.cuh compiled as host C++ and run one block after another with a
+# single thread per block: checks the indexing, the math, the partial layout and the chunk reductions (not the
+# races, which a one-thread block cannot have) on every machine. Launch parameters: cupy_nvrtc._plan, the mirror
+# of the C++ host code.
+_EMU_CPP = r"""
+// Single-thread emulation of the CUDA kernels (blockDim = 1): checks indexing and math, not races.
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+struct Dim { unsigned x = 0; };
+static Dim threadIdx, blockIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __restrict__
+#define __shared__
+#define __align__(n)
+inline void __syncthreads() {}
+namespace grmseg_kernels { alignas(16) unsigned char smem_raw[1 << 22]; }
+#include "cuda/grm_fused_kernels.cuh"
+using namespace grmseg_kernels;
+template <class F> void run(int64_t blocks, F f) {
+  blockDim.x = 1; threadIdx.x = 0; gridDim.x = blocks;
+  for (int64_t b = 0; b < blocks; ++b) { blockIdx.x = b; f(); }
+}
+extern "C" {
+void pb(const double* x, int64_t sb, int64_t sc, int64_t sp, const double* w, const double* bias, const double* gh,
+        const double* gm, double* gx, double* pw, double* pbb, int64_t C, int64_t P, int K, int tile, int64_t chunk_px,
+        int64_t chunks, int64_t blocks) {
+  run(blocks, [&] { project_backward_kernel<double, double>(x, sb, sc, sp, w, bias, gh, gm, gx, pw, pbb, C, P, K, tile, chunk_px, chunks); });
+}
+void rf(const double* x, int64_t sb, int64_t sc, int64_t sp, const double* q, const double* v, double* y, int64_t C,
+        int64_t P, int K, int tile, int64_t chunk_px, int64_t chunks, int64_t blocks) {
+  run(blocks, [&] { reproject_forward_kernel<double, double>(x, sb, sc, sp, q, v, y, C, P, K, tile, chunk_px, chunks); });
+}
+void rb(const double* gy, int64_t gsb, int64_t gsc, int64_t gsp, const double* x, int64_t sb, int64_t sc, int64_t sp,
+        const double* q, const double* v, double* gx, double* pq, double* pv, int64_t C, int64_t P, int K, int tile,
+        int64_t chunk_px, int64_t chunks, int64_t blocks) {
+  run(blocks, [&] { reproject_backward_kernel<double, double>(gy, gsb, gsc, gsp, x, sb, sc, sp, q, v, gx, pq, pv, C, P, K, tile, chunk_px, chunks); });
+}
+void red(const double* src, double* dst, int64_t groups, int64_t n, int64_t chunks) {
+  run(1, [&] { reduce_chunks_kernel<double, double>(src, dst, groups, n, chunks); });
+}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def cuda_emulator(tmp_path_factory):
+    import ctypes
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    d = tmp_path_factory.mktemp("emu")
+    (d / "emu.cpp").write_text(_EMU_CPP)
+    csrc_dir = Path(__file__).resolve().parents[1] / "csrc"
+    cmd = [cxx, "-O1", "-std=c++17", "-shared", "-fPIC", f"-I{csrc_dir}", "-o", str(d / "emu.so"), str(d / "emu.cpp")]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return ctypes.CDLL(str(d / "emu.so"))
+
+
+def _emulated(lib, name, t):
+    import ctypes
+
+    i64, i32 = ctypes.c_int64, ctypes.c_int
+
+    def ptr(a):
+        return ctypes.c_void_p(a.data_ptr())
+
+    def strides(a):
+        return [i64(v) for v in a.stride()]
+
+    f64 = {"dtype": torch.float64}
+    x = t["x"]
+    B, C, P = x.shape
+    K = t["w"].shape[0]
+    if name == "grm_project_backward":
+        tile, _, chunks, cpx = cupy_nvrtc._plan(B, K, C, P, 2, 1, 8)
+        blocks = B * chunks
+        gx, pw, pb = torch.empty(B, C, P, **f64), torch.zeros(blocks, K, C, **f64), torch.empty(blocks, K, **f64)
+        args = [ptr(t[n]) for n in ("w", "b", "gh", "gm")]
+        lib.pb(ptr(x), *strides(x), *args, ptr(gx), ptr(pw), ptr(pb), i64(C), i64(P), i32(K), i32(tile), i64(cpx),
+               i64(chunks), i64(blocks))  # fmt: skip
+        gw, gb = torch.empty(K, C, **f64), torch.empty(K, **f64)
+        lib.red(ptr(pw), ptr(gw), i64(1), i64(K * C), i64(blocks))
+        lib.red(ptr(pb), ptr(gb), i64(1), i64(K), i64(blocks))
+        return gx, gw, gb
+    if name == "grm_reproject_forward":
+        tile, _, chunks, cpx = cupy_nvrtc._plan(B, K, C, P, 1, 1, 8)
+        y = torch.empty(B, C, P, **f64)
+        lib.rf(ptr(x), *strides(x), ptr(t["q"]), ptr(t["v"]), ptr(y), i64(C), i64(P), i32(K), i32(tile), i64(cpx),
+               i64(chunks), i64(B * chunks))  # fmt: skip
+        return (y,)
+    tile, _, chunks, cpx = cupy_nvrtc._plan(B, K, C, P, 2, 2, 8)
+    blocks = B * chunks
+    gy = t["gy"]
+    gx, pq, pv = torch.empty(B, C, P, **f64), torch.zeros(blocks, K, C, **f64), torch.zeros(blocks, K, C, **f64)
+    lib.rb(ptr(gy), *strides(gy), ptr(x), *strides(x), ptr(t["q"]), ptr(t["v"]), ptr(gx), ptr(pq), ptr(pv), i64(C),
+           i64(P), i32(K), i32(tile), i64(cpx), i64(chunks), i64(blocks))  # fmt: skip
+    gq, gv = torch.empty(B, K, C, **f64), torch.empty(B, K, C, **f64)
+    lib.red(ptr(pq), ptr(gq), i64(B), i64(K * C), i64(chunks))
+    lib.red(ptr(pv), ptr(gv), i64(B), i64(K * C), i64(chunks))
+    return gx, gq, gv
+
+
+@pytest.mark.parametrize("shape", [*GRM_SHAPES, LARGE_P, (2, 40, 300, 300)])
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cuda_device_code_emulated_on_cpu(cuda_emulator, name, shape):
+    t = _grm_inputs(*shape)
+    t = {**t, "x": t["x"].transpose(1, 2).contiguous().transpose(1, 2)}  # strided x: P is not the inner dim
+    fn, names = GRM_KERNELS[name]
+    for o, r in zip(_emulated(cuda_emulator, name, t), _as_tuple(fn(*(t[n] for n in names)))):
+        torch.testing.assert_close(o, r, rtol=1e-11, atol=1e-11 * max(1.0, r.abs().max().item()))
+
+
+# ------------------------------------------------------------------------------------- CuPy NVRTC fallback
+def test_cupy_nvrtc_source_loading(tmp_path, monkeypatch):
+    src = cupy_nvrtc.load_source()
+    assert "GRMSEG_NVRTC" in src and "namespace grmseg_kernels" in src and "ATen" not in src.split("#endif")[1]
+    for kernel in ("project_backward_kernel", "reproject_forward_kernel", "reproject_backward_kernel"):
+        assert f"{kernel}(" in src
+    names = cupy_nvrtc.name_expressions()
+    assert len(names) == 16 and "grmseg_kernels::reproject_forward_kernel<__nv_bfloat16, float>" in names
+    assert set(cupy_nvrtc.KERNEL_NAMES) <= set(csrc.KERNEL_NAMES)
+    monkeypatch.setenv(cupy_nvrtc.SOURCE_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="GRMSEG_CUDA_SOURCE_DIR"):
+        cupy_nvrtc.load_source()
+
+
+def test_cupy_nvrtc_fallback_decision(monkeypatch):
+    if _ext.cuda_built():
+        assert cupy_nvrtc.decision() == (False, "not needed: grmseg._C has its compiled CUDA kernels")
+    monkeypatch.setattr(_ext, "cuda_built", lambda: False)
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)  # CuPy missing
+    ok, why = cupy_nvrtc.decision()
+    assert not ok and "CuPy is not installed" in why
+    monkeypatch.undo()
+    monkeypatch.setattr(_ext, "cuda_built", lambda: False)
+    cupy = pytest.importorskip("cupy")
+    monkeypatch.setattr(cupy.cuda, "is_available", lambda: False)
+    assert cupy_nvrtc.decision() == (False, "CuPy is installed but sees no CUDA device")
+    monkeypatch.setattr(cupy.cuda, "is_available", lambda: True)
+    assert cupy_nvrtc.decision() == (True, cupy_nvrtc.ACTIVE_REASON)
+    monkeypatch.setenv(cupy_nvrtc.SOURCE_DIR_ENV, "/nonexistent")
+    ok, why = cupy_nvrtc.decision()
+    assert not ok and "sources are not found" in why
+
+
+def test_cupy_nvrtc_wiring_in_csrc_backend(monkeypatch):
+    monkeypatch.setattr(_ext, "cuda_built", lambda: False)
+    monkeypatch.setattr(cupy_nvrtc, "active", lambda: (True, cupy_nvrtc.ACTIVE_REASON))
+    assert csrc.status("cuda") == (True, cupy_nvrtc.ACTIVE_REASON)
+    assert csrc.kernels("cuda") == frozenset(cupy_nvrtc.KERNEL_NAMES)
+    monkeypatch.setattr(cupy_nvrtc, "active", lambda: (False, "CuPy is not installed"))
+    ok, why = csrc.status("cuda")
+    assert not ok and "built without its CUDA part" in why and "CuPy is not installed" in why
+    assert csrc.kernels("cuda") == frozenset()
+    # CPU tensors never take the NVRTC path
+    t = _grm_inputs(2, 5, 7, 3)
+    torch.testing.assert_close(
+        csrc.grm_reproject_forward(t["x"], t["q"], t["v"]), reference.grm_reproject(t["x"], t["q"], t["v"])
+    )
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_cupy_nvrtc_compiles_the_kernel_sources(arch):
+    pytest.importorskip("cupy")
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    ptx = cupy_nvrtc.compile_ptx(arch)
+    assert f".target sm_{arch[-2:]}" in ptx
+    assert ptx.count(".entry") >= 16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cuda_cupy_nvrtc_kernels_match_reference(name, dtype):
+    pytest.importorskip("cupy")
+    t = _grm_inputs(3, 59, 97, 21, dtype=dtype, device="cuda")
+    out = _as_tuple(getattr(cupy_nvrtc, name)(*(t[n] for n in GRM_KERNELS[name][1])))
+    _check_kernel(name, t, out)
 
 
 # ----------------------------------------------------------------------------------------------------- CUDA
@@ -286,3 +693,37 @@ def test_cuda_non_contiguous_deterministic_and_op_layer():
         ops.grm_project_forward(x, w.cpu(), b)
     with pytest.raises(RuntimeError, match="do not fit in shared memory"):
         ops.grm_project_forward(*_inputs(1, 4, 8, 7000, dtype=torch.float32, device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", GRM_SHAPES + [LARGE_P, (2, 300, 1000, 21), (4, 64, 4097, 81)])
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cuda_grm_kernels_match_reference(name, shape, dtype):
+    assert _ext.cuda_built(), _ext.cuda_skip_reason()
+    assert name in csrc.kernels("cuda")
+    _check_kernel(name, _grm_inputs(*shape, dtype=dtype, device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+def test_cuda_grm_kernels_non_contiguous_deterministic(name):
+    t = _grm_inputs(3, 59, 97, 21, dtype=torch.float32, device="cuda")
+    for tv in _strided_variants(t):
+        assert not tv["x"].is_contiguous()
+        _check_kernel(name, tv)
+    tl = _grm_inputs(2, 13, 5003, 6, dtype=torch.float32, device="cuda")
+    assert all(torch.equal(a, b) for a, b in zip(_run(name, tl), _run(name, tl)))
+    bad = "gh" if name == "grm_project_backward" else "v"
+    with pytest.raises(RuntimeError, match="same device|device of x"):
+        _run(name, {**tl, bad: tl[bad].cpu()})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gradcheck_through_op_layer_with_csrc():
+    for kernel in ("grm_project_backward", "grm_reproject_forward", "grm_reproject_backward"):
+        assert grmseg.ops.selected(kernel, "cuda", "csrc") == "csrc"
+    t = _grm_inputs(2, 5, 7, 3, device="cuda")
+    x, w, b, q, v = (t[n].clone().requires_grad_() for n in ("x", "w", "b", "q", "v"))
+    assert torch.autograd.gradcheck(lambda x, w, b: grmseg.ops.grm_project(x, w, b, backend="csrc"), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, q, v: grmseg.ops.grm_reproject(x, q, v, backend="csrc"), (x, q, v))

@@ -3,6 +3,9 @@
 A kernel counts as implemented on a device type when ``grmseg._C`` registered a kernel for that dispatch key
 (``CPU`` / ``CUDA``), so kernels added to ``csrc/`` show up here without editing this file. The op layer falls
 back to the reference backend for the others.
+
+When ``grmseg._C`` was built without its CUDA part, CUDA tensors may still be served by the same kernel sources
+compiled at run time through CuPy's NVRTC (``cupy_nvrtc``); ``status("cuda")`` then names that path.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torch
 from torch import Tensor
 
 from grmseg import _ext
+from grmseg.ops.impl import cupy_nvrtc
 
 NAME = "csrc"
 
@@ -39,8 +43,12 @@ def status(device_type: str) -> tuple[bool, str]:
     if device_type == "cuda":
         if _ext.cuda_built():
             return True, ""
+        nvrtc_ok, nvrtc_why = cupy_nvrtc.active()
+        if nvrtc_ok:
+            return True, nvrtc_why
         why = _ext.cuda_skip_reason()
-        return False, NO_CUDA_REASON if not why or why == NO_CUDA_REASON else f"{NO_CUDA_REASON}: {why}"
+        why = NO_CUDA_REASON if not why or why == NO_CUDA_REASON else f"{NO_CUDA_REASON}: {why}"
+        return False, f"{why}; no run-time fallback: {nvrtc_why}"
     return False, f"grmseg._C has no kernels for {device_type!r} tensors"
 
 
@@ -48,7 +56,14 @@ def kernels(device_type: str) -> frozenset[str]:
     """The kernels that ``grmseg._C`` registered for ``device_type`` ("cpu" or "cuda")."""
     if not _ext.built():
         return frozenset()
+    if device_type == "cuda" and not _ext.cuda_built():
+        return frozenset(cupy_nvrtc.KERNEL_NAMES) if cupy_nvrtc.active()[0] else frozenset()
     return frozenset(name for name in KERNEL_NAMES if _ext.has_kernel(name, device_type))
+
+
+def _nvrtc(x: Tensor) -> bool:
+    """Whether ``x`` goes to the CuPy NVRTC kernels (a CUDA tensor, and grmseg._C without its CUDA part)."""
+    return x.is_cuda and not _ext.cuda_built() and cupy_nvrtc.active()[0]
 
 
 def _ops():
@@ -62,16 +77,22 @@ def grm_project_forward(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor
 
 def grm_project_backward(gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``gx, gw, gb`` of ``grm_project``."""
+    if _nvrtc(x):
+        return cupy_nvrtc.grm_project_backward(gh, gm, x, w, b)
     return _ops().grm_project_backward(gh, gm, x, w, b)
 
 
 def grm_reproject_forward(x: Tensor, q: Tensor, v: Tensor) -> Tensor:
     """``y [B, C, P]`` of ``grm_reproject``."""
+    if _nvrtc(x):
+        return cupy_nvrtc.grm_reproject_forward(x, q, v)
     return _ops().grm_reproject_forward(x, q, v)
 
 
 def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``gx, gq, gv`` of ``grm_reproject``."""
+    if _nvrtc(x):
+        return cupy_nvrtc.grm_reproject_backward(gy, x, q, v)
     return _ops().grm_reproject_backward(gy, x, q, v)
 
 

@@ -1,0 +1,180 @@
+// grm_project_backward, grm_reproject_forward and grm_reproject_backward on CUDA.
+//
+// Same scheme as grm_project_forward (grm_project_cuda.cu): one block per (batch, pixel chunk) walks its chunk
+// in tiles of `tile` pixels. Per tile the block
+//   1. computes the [K][tile] logits (and the [K][tile] gradient of the assignment) in shared memory, staging
+//      x (and gy) by kChanChunk channels with loads coalesced along P (one owner thread per (k, p)),
+//   2. takes the softmax over K per pixel and its backward in registers (one thread per pixel, fp32/fp64),
+//   3. accumulates the [K, C] reductions over pixels into this block's partial in global memory (one owner
+//      thread per (k, c): no atomics) and writes the [C, tile] pixel outputs coalesced along P.
+// A second kernel sums the partials of the chunks in a fixed order and casts them to the input dtype, so every
+// result is deterministic. The chunking depends on the shapes only.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "cuda/grm_project_cuda.h"
+#include "grm_project.h"
+#include "grm_reproject.h"
+#include "cuda/grm_fused_kernels.cuh"
+
+namespace grmseg {
+namespace {
+
+using namespace grmseg_kernels;  // kThreads, kChanChunk and the kernels
+constexpr int kMaxTile = 64;                            // pixels per tile (fewer when K is large)
+constexpr size_t kSmemBudget = 48 * 1024;               // default dynamic shared memory limit
+constexpr int64_t kTargetBlocks = 256;                  // about two blocks per SM on the largest GPUs
+constexpr int64_t kMinTilesPerChunk = 4;                // a block reads >= 4 tiles per [K, C] partial it writes
+constexpr int64_t kMaxPartialElems = int64_t(1) << 24;  // cap of the partial buffers (elements)
+
+// Shared memory of a kernel with `kt` [K][tile] buffers and `stages` [kChanChunk][tile + 1] stages.
+template <typename acc_t>
+size_t smem_bytes(int64_t K, int tile, int kt, int stages) {
+  return (static_cast<size_t>(kt) * K * tile + static_cast<size_t>(stages) * kChanChunk * (tile + 1) +
+          static_cast<size_t>(K)) *
+         sizeof(acc_t);
+}
+
+struct Launch {
+  int tile;
+  size_t smem;
+  int64_t chunks, chunk_px;
+};
+
+template <typename acc_t>
+Launch plan(int64_t B, int64_t K, int64_t C, int64_t P, int kt, int stages, const char* who) {
+  Launch l;
+  l.tile = kMaxTile;
+  while (l.tile > 1 && smem_bytes<acc_t>(K, l.tile, kt, stages) > kSmemBudget) l.tile /= 2;
+  l.smem = smem_bytes<acc_t>(K, l.tile, kt, stages);
+  TORCH_CHECK(l.smem <= kSmemBudget, who, ": K = ", K, " nodes do not fit in shared memory");
+  const int64_t tiles = (P + l.tile - 1) / l.tile;
+  int64_t chunks = (kTargetBlocks + B - 1) / B;
+  chunks = std::min(chunks, std::max<int64_t>(1, kMaxPartialElems / std::max<int64_t>(1, B * K * C)));
+  chunks = std::max<int64_t>(1, std::min(chunks, tiles / kMinTilesPerChunk));
+  const int64_t per = tiles == 0 ? 1 : (tiles + chunks - 1) / chunks;
+  l.chunks = tiles == 0 ? 1 : (tiles + per - 1) / per;
+  l.chunk_px = per * l.tile;
+  TORCH_CHECK(B * l.chunks <= std::numeric_limits<int32_t>::max(), who, ": batch ", B, " is too large");
+  return l;
+}
+
+template <typename scalar_t, typename acc_t>
+void reduce_chunks(const at::Tensor& src, at::Tensor& dst, int64_t groups, int64_t n, int64_t chunks,
+                   cudaStream_t stream) {
+  const int64_t total = groups * n;
+  if (total == 0) return;
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65536);
+  reduce_chunks_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+      src.const_data_ptr<acc_t>(), dst.mutable_data_ptr<scalar_t>(), groups, n, chunks);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cuda(const at::Tensor& gh, const at::Tensor& gm,
+                                                                        const at::Tensor& x, const at::Tensor& w,
+                                                                        const at::Tensor& b) {
+  const char* who = "grmseg_C::grm_project_backward (CUDA)";
+  check_project_inputs(x, w, b, c10::DeviceType::CUDA, who);
+  check_project_grads(gh, gm, x, w, who);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = w.size(0);
+  at::Tensor gx = at::empty({B, C, P}, x.options());
+  at::Tensor gw = at::empty({K, C}, w.options());
+  at::Tensor gb = at::empty({K}, b.options());
+  if (B == 0 || K == 0 || P == 0) {
+    return {gx.zero_(), gw.zero_(), gb.zero_()};
+  }
+  const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
+  const at::Tensor w_acc = w.to(acc_type).contiguous(), b_acc = b.to(acc_type).contiguous();
+  const at::Tensor gh_acc = gh.to(acc_type).contiguous(), gm_acc = gm.to(acc_type).contiguous();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grm_project_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Launch l = plan<acc_t>(B, K, C, P, 2, 1, who);
+    const int64_t blocks = B * l.chunks;
+    at::Tensor part_w = at::zeros({blocks, K, C}, x.options().dtype(acc_type));
+    at::Tensor part_b = at::empty({blocks, K}, x.options().dtype(acc_type));
+    project_backward_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, l.smem, stream>>>(
+        x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), w_acc.const_data_ptr<acc_t>(),
+        b_acc.const_data_ptr<acc_t>(), gh_acc.const_data_ptr<acc_t>(), gm_acc.const_data_ptr<acc_t>(),
+        gx.mutable_data_ptr<scalar_t>(), part_w.mutable_data_ptr<acc_t>(), part_b.mutable_data_ptr<acc_t>(), C, P,
+        static_cast<int>(K), l.tile, l.chunk_px, l.chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    reduce_chunks<scalar_t, acc_t>(part_w, gw, 1, K * C, blocks, stream);
+    reduce_chunks<scalar_t, acc_t>(part_b, gb, 1, K, blocks, stream);
+  });
+  return {gx, gw, gb};
+}
+
+at::Tensor grm_reproject_forward_cuda(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v) {
+  const char* who = "grmseg_C::grm_reproject_forward (CUDA)";
+  check_reproject_inputs(x, q, v, c10::DeviceType::CUDA, who);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = q.size(1);
+  at::Tensor y = at::empty({B, C, P}, x.options());
+  if (B == 0 || C == 0 || P == 0) return y;
+  if (K == 0) return y.copy_(x);
+  const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
+  const at::Tensor q_acc = q.to(acc_type).contiguous(), v_acc = v.to(acc_type).contiguous();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grm_reproject_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Launch l = plan<acc_t>(B, K, C, P, 1, 1, who);
+    const int64_t blocks = B * l.chunks;
+    reproject_forward_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, l.smem, stream>>>(
+        x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.stride(2), q_acc.const_data_ptr<acc_t>(),
+        v_acc.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>(), C, P, static_cast<int>(K), l.tile,
+        l.chunk_px, l.chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cuda(const at::Tensor& gy, const at::Tensor& x,
+                                                                          const at::Tensor& q, const at::Tensor& v) {
+  const char* who = "grmseg_C::grm_reproject_backward (CUDA)";
+  check_reproject_inputs(x, q, v, c10::DeviceType::CUDA, who);
+  check_reproject_grad(gy, x, who);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = q.size(1);
+  at::Tensor gx = at::empty({B, C, P}, x.options());
+  at::Tensor gq = at::empty({B, K, C}, q.options());
+  at::Tensor gv = at::empty({B, K, C}, v.options());
+  if (B == 0 || C == 0 || K == 0 || P == 0) {
+    return {gx.copy_(gy), gq.zero_(), gv.zero_()};
+  }
+  const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
+  const at::Tensor q_acc = q.to(acc_type).contiguous(), v_acc = v.to(acc_type).contiguous();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grm_reproject_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Launch l = plan<acc_t>(B, K, C, P, 2, 2, who);
+    const int64_t blocks = B * l.chunks;
+    at::Tensor part_q = at::zeros({blocks, K, C}, x.options().dtype(acc_type));
+    at::Tensor part_v = at::zeros({blocks, K, C}, x.options().dtype(acc_type));
+    reproject_backward_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, l.smem, stream>>>(
+        gy.const_data_ptr<scalar_t>(), gy.stride(0), gy.stride(1), gy.stride(2), x.const_data_ptr<scalar_t>(),
+        x.stride(0), x.stride(1), x.stride(2), q_acc.const_data_ptr<acc_t>(), v_acc.const_data_ptr<acc_t>(),
+        gx.mutable_data_ptr<scalar_t>(), part_q.mutable_data_ptr<acc_t>(), part_v.mutable_data_ptr<acc_t>(), C, P,
+        static_cast<int>(K), l.tile, l.chunk_px, l.chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    reduce_chunks<scalar_t, acc_t>(part_q, gq, B, K * C, l.chunks, stream);
+    reduce_chunks<scalar_t, acc_t>(part_v, gv, B, K * C, l.chunks, stream);
+  });
+  return {gx, gq, gv};
+}
+
+}  // namespace grmseg

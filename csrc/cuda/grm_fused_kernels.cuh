@@ -1,0 +1,293 @@
+// Device code of grm_project_backward, grm_reproject_forward and grm_reproject_backward: the kernels only, no
+// ATen / c10 / host code, so the same source serves two compilers:
+//   * nvcc, through grm_fused_cuda.cu (the host launchers, registered as torch.ops.grmseg_C.*);
+//   * NVRTC at run time, through CuPy (grmseg/ops/impl/cupy_nvrtc.py) when grmseg._C was built without its CUDA
+//     part: compiled with -DGRMSEG_NVRTC, the kernels instantiated by name expression.
+// The algorithm is described in grm_fused_cuda.cu.
+#pragma once
+
+#ifdef GRMSEG_NVRTC
+typedef long long int64_t;
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#else
+#include <cstdint>
+#endif
+
+namespace grmseg_kernels {
+
+constexpr int kThreads = 256;
+constexpr int kChanChunk = 32;  // channels of x / gy staged in shared memory at a time
+
+__device__ __forceinline__ float exp_acc(float v) { return expf(v); }
+__device__ __forceinline__ double exp_acc(double v) { return exp(v); }
+
+// xs[cc][p] = src[c0 + cc][p0 + p] (zero outside), row stride tile + 1.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage(acc_t* __restrict__ xs, const scalar_t* __restrict__ src, int64_t sc,
+                                      int64_t sp, int64_t c0, int nc, int64_t p0, int np, int tile) {
+  const int ld = tile + 1;
+  for (int i = threadIdx.x; i < kChanChunk * tile; i += blockDim.x) {
+    const int cc = i / tile, p = i % tile;
+    acc_t v = acc_t(0);
+    if (cc < nc && p < np) v = static_cast<acc_t>(src[(c0 + cc) * sc + (p0 + p) * sp]);
+    xs[cc * ld + p] = v;
+  }
+}
+
+// out[k][p] += sum_cc M[k][c0 + cc] xs[cc][p]  (M row-major [K][C]).
+template <typename acc_t>
+__device__ __forceinline__ void stage_product(acc_t* __restrict__ out, const acc_t* __restrict__ M,
+                                              const acc_t* __restrict__ xs, int K, int64_t C, int64_t c0, int nc,
+                                              int tile) {
+  const int ld = tile + 1;
+  for (int i = threadIdx.x; i < K * tile; i += blockDim.x) {
+    const int k = i / tile, p = i % tile;
+    const acc_t* mk = M + k * C + c0;
+    acc_t acc = out[i];
+    for (int cc = 0; cc < nc; ++cc) acc += mk[cc] * xs[cc * ld + p];
+    out[i] = acc;
+  }
+}
+
+// Per pixel: s <- softmax_K(s); if g: g <- s * (g - sum_k s g). Padded pixels get zeros.
+template <typename acc_t>
+__device__ __forceinline__ void softmax_and_backward(acc_t* __restrict__ s, acc_t* __restrict__ g, int K, int np,
+                                                     int tile) {
+  for (int p = threadIdx.x; p < tile; p += blockDim.x) {
+    if (p < np) {
+      acc_t mx = s[p];
+      for (int k = 1; k < K; ++k) mx = s[k * tile + p] > mx ? s[k * tile + p] : mx;
+      acc_t den = acc_t(0);
+      for (int k = 0; k < K; ++k) {
+        const acc_t e = exp_acc(s[k * tile + p] - mx);
+        s[k * tile + p] = e;
+        den += e;
+      }
+      const acc_t inv = acc_t(1) / den;
+      acc_t dot = acc_t(0);
+      for (int k = 0; k < K; ++k) {
+        const acc_t a = s[k * tile + p] * inv;
+        s[k * tile + p] = a;
+        if (g != nullptr) dot += a * g[k * tile + p];
+      }
+      if (g != nullptr) {
+        for (int k = 0; k < K; ++k) g[k * tile + p] = s[k * tile + p] * (g[k * tile + p] - dot);
+      }
+    } else {
+      for (int k = 0; k < K; ++k) {
+        s[k * tile + p] = acc_t(0);
+        if (g != nullptr) g[k * tile + p] = acc_t(0);
+      }
+    }
+  }
+}
+
+// part[k][c0 + cc] += sum_p a[k][p] xs[cc][p]  (one owner thread per (k, cc)).
+template <typename acc_t>
+__device__ __forceinline__ void accumulate_kc(acc_t* __restrict__ part, const acc_t* __restrict__ a,
+                                              const acc_t* __restrict__ xs, int K, int64_t C, int64_t c0, int nc,
+                                              int np, int tile) {
+  const int ld = tile + 1;
+  for (int i = threadIdx.x; i < K * nc; i += blockDim.x) {
+    const int k = i / nc, cc = i % nc;
+    const acc_t* ak = a + k * tile;
+    const acc_t* xc = xs + cc * ld;
+    acc_t acc = acc_t(0);
+    for (int p = 0; p < np; ++p) acc += ak[p] * xc[p];
+    part[k * C + c0 + cc] += acc;
+  }
+}
+
+// ------------------------------------------------------------------------------------------ grm_project_backward
+// Partials: gw [blocks][K][C], gb [blocks][K].
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    project_backward_kernel(const scalar_t* __restrict__ x, int64_t sb, int64_t sc, int64_t sp,
+                            const acc_t* __restrict__ w, const acc_t* __restrict__ bias,
+                            const acc_t* __restrict__ gh, const acc_t* __restrict__ gm, scalar_t* __restrict__ gx,
+                            acc_t* __restrict__ part_w, acc_t* __restrict__ part_b, int64_t C, int64_t P, int K,
+                            int tile, int64_t chunk_px, int64_t chunks) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* s = reinterpret_cast<acc_t*>(smem_raw);  // [K][tile] logits -> a
+  acc_t* g = s + static_cast<int64_t>(K) * tile;  // [K][tile] ga -> gs
+  acc_t* xs = g + static_cast<int64_t>(K) * tile;  // [kChanChunk][tile + 1]
+  acc_t* bs = xs + kChanChunk * (tile + 1);        // [K] gb of this block
+  const int64_t block = blockIdx.x, bi = block / chunks, ci = block % chunks;
+  const int64_t p_begin = ci * chunk_px, p_end = p_begin + chunk_px < P ? p_begin + chunk_px : P;
+  const scalar_t* xb = x + bi * sb;
+  const acc_t* ghb = gh + bi * K * C;
+  const acc_t* gmb = gm + bi * K;
+  scalar_t* gxb = gx + bi * C * P;
+  acc_t* pw = part_w + block * K * C;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) bs[k] = acc_t(0);
+
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += tile) {
+    const int np = static_cast<int>(p_end - p0 < tile ? p_end - p0 : tile);
+    for (int i = threadIdx.x; i < K * tile; i += blockDim.x) {
+      s[i] = bias[i / tile];
+      g[i] = gmb[i / tile];
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += kChanChunk) {
+      const int nc = static_cast<int>(C - c0 < kChanChunk ? C - c0 : kChanChunk);
+      __syncthreads();
+      stage<scalar_t, acc_t>(xs, xb, sc, sp, c0, nc, p0, np, tile);
+      __syncthreads();
+      stage_product<acc_t>(s, w, xs, K, C, c0, nc, tile);
+      stage_product<acc_t>(g, ghb, xs, K, C, c0, nc, tile);
+    }
+    __syncthreads();
+    softmax_and_backward<acc_t>(s, g, K, np, tile);
+    __syncthreads();
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+      acc_t acc = acc_t(0);
+      for (int p = 0; p < np; ++p) acc += g[k * tile + p];
+      bs[k] += acc;
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += kChanChunk) {
+      const int nc = static_cast<int>(C - c0 < kChanChunk ? C - c0 : kChanChunk);
+      __syncthreads();
+      stage<scalar_t, acc_t>(xs, xb, sc, sp, c0, nc, p0, np, tile);
+      __syncthreads();
+      accumulate_kc<acc_t>(pw, g, xs, K, C, c0, nc, np, tile);  // gw += gs x^T
+      // gx = gh^T a + w^T gs, coalesced along P
+      for (int i = threadIdx.x; i < nc * tile; i += blockDim.x) {
+        const int cc = i / tile, p = i % tile;
+        if (p < np) {
+          const int64_t c = c0 + cc;
+          acc_t acc = acc_t(0);
+          for (int k = 0; k < K; ++k) acc += ghb[k * C + c] * s[k * tile + p] + w[k * C + c] * g[k * tile + p];
+          gxb[c * P + p0 + p] = static_cast<scalar_t>(acc);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  for (int k = threadIdx.x; k < K; k += blockDim.x) part_b[block * K + k] = bs[k];
+}
+
+// ----------------------------------------------------------------------------------------- grm_reproject_forward
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    reproject_forward_kernel(const scalar_t* __restrict__ x, int64_t sb, int64_t sc, int64_t sp,
+                             const acc_t* __restrict__ q, const acc_t* __restrict__ v, scalar_t* __restrict__ y,
+                             int64_t C, int64_t P, int K, int tile, int64_t chunk_px, int64_t chunks) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* s = reinterpret_cast<acc_t*>(smem_raw);  // [K][tile] logits -> a
+  acc_t* xs = s + static_cast<int64_t>(K) * tile;  // [kChanChunk][tile + 1]
+  const int64_t block = blockIdx.x, bi = block / chunks, ci = block % chunks;
+  const int64_t p_begin = ci * chunk_px, p_end = p_begin + chunk_px < P ? p_begin + chunk_px : P;
+  const scalar_t* xb = x + bi * sb;
+  const acc_t* qb = q + bi * K * C;
+  const acc_t* vb = v + bi * K * C;
+  scalar_t* yb = y + bi * C * P;
+  const int ld = tile + 1;
+
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += tile) {
+    const int np = static_cast<int>(p_end - p0 < tile ? p_end - p0 : tile);
+    for (int i = threadIdx.x; i < K * tile; i += blockDim.x) s[i] = acc_t(0);
+    for (int64_t c0 = 0; c0 < C; c0 += kChanChunk) {
+      const int nc = static_cast<int>(C - c0 < kChanChunk ? C - c0 : kChanChunk);
+      __syncthreads();
+      stage<scalar_t, acc_t>(xs, xb, sc, sp, c0, nc, p0, np, tile);
+      __syncthreads();
+      stage_product<acc_t>(s, qb, xs, K, C, c0, nc, tile);
+    }
+    __syncthreads();
+    softmax_and_backward<acc_t>(s, static_cast<acc_t*>(nullptr), K, np, tile);
+    for (int64_t c0 = 0; c0 < C; c0 += kChanChunk) {
+      const int nc = static_cast<int>(C - c0 < kChanChunk ? C - c0 : kChanChunk);
+      __syncthreads();
+      stage<scalar_t, acc_t>(xs, xb, sc, sp, c0, nc, p0, np, tile);
+      __syncthreads();
+      for (int i = threadIdx.x; i < nc * tile; i += blockDim.x) {
+        const int cc = i / tile, p = i % tile;
+        if (p < np) {
+          const int64_t c = c0 + cc;
+          acc_t acc = xs[cc * ld + p];
+          for (int k = 0; k < K; ++k) acc += vb[k * C + c] * s[k * tile + p];
+          yb[c * P + p0 + p] = static_cast<scalar_t>(acc);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------- grm_reproject_backward
+// Partials: gq, gv [blocks][K][C].
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    reproject_backward_kernel(const scalar_t* __restrict__ gy, int64_t gsb, int64_t gsc, int64_t gsp,
+                              const scalar_t* __restrict__ x, int64_t sb, int64_t sc, int64_t sp,
+                              const acc_t* __restrict__ q, const acc_t* __restrict__ v, scalar_t* __restrict__ gx,
+                              acc_t* __restrict__ part_q, acc_t* __restrict__ part_v, int64_t C, int64_t P, int K,
+                              int tile, int64_t chunk_px, int64_t chunks) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* s = reinterpret_cast<acc_t*>(smem_raw);   // [K][tile] logits -> a
+  acc_t* g = s + static_cast<int64_t>(K) * tile;   // [K][tile] ga -> ge
+  acc_t* xs = g + static_cast<int64_t>(K) * tile;  // [kChanChunk][tile + 1]
+  acc_t* gs = xs + kChanChunk * (tile + 1);        // [kChanChunk][tile + 1]
+  const int64_t block = blockIdx.x, bi = block / chunks, ci = block % chunks;
+  const int64_t p_begin = ci * chunk_px, p_end = p_begin + chunk_px < P ? p_begin + chunk_px : P;
+  const scalar_t* xb = x + bi * sb;
+  const scalar_t* gyb = gy + bi * gsb;
+  const acc_t* qb = q + bi * K * C;
+  const acc_t* vb = v + bi * K * C;
+  scalar_t* gxb = gx + bi * C * P;
+  acc_t* pq = part_q + block * K * C;
+  acc_t* pv = part_v + block * K * C;
+  const int ld = tile + 1;
+
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += tile) {
+    const int np = static_cast<int>(p_end - p0 < tile ? p_end - p0 : tile);
+    for (int i = threadIdx.x; i < K * tile; i += blockDim.x) s[i] = g[i] = acc_t(0);
+    for (int64_t c0 = 0; c0 < C; c0 += kChanChunk) {
+      const int nc = static_cast<int>(C - c0 < kChanChunk ? C - c0 : kChanChunk);
+      __syncthreads();
+      stage<scalar_t, acc_t>(xs, xb, sc, sp, c0, nc, p0, np, tile);
+      stage<scalar_t, acc_t>(gs, gyb, gsc, gsp, c0, nc, p0, np, tile);
+      __syncthreads();
+      stage_product<acc_t>(s, qb, xs, K, C, c0, nc, tile);  // e = q x
+      stage_product<acc_t>(g, vb, gs, K, C, c0, nc, tile);  // ga = v gy
+    }
+    __syncthreads();
+    softmax_and_backward<acc_t>(s, g, K, np, tile);  // a, ge
+    for (int64_t c0 = 0; c0 < C; c0 += kChanChunk) {
+      const int nc = static_cast<int>(C - c0 < kChanChunk ? C - c0 : kChanChunk);
+      __syncthreads();
+      stage<scalar_t, acc_t>(xs, xb, sc, sp, c0, nc, p0, np, tile);
+      stage<scalar_t, acc_t>(gs, gyb, gsc, gsp, c0, nc, p0, np, tile);
+      __syncthreads();
+      accumulate_kc<acc_t>(pq, g, xs, K, C, c0, nc, np, tile);  // gq += ge x^T
+      accumulate_kc<acc_t>(pv, s, gs, K, C, c0, nc, np, tile);  // gv += a gy^T
+      for (int i = threadIdx.x; i < nc * tile; i += blockDim.x) {
+        const int cc = i / tile, p = i % tile;
+        if (p < np) {
+          const int64_t c = c0 + cc;
+          acc_t acc = gs[cc * ld + p];
+          for (int k = 0; k < K; ++k) acc += qb[k * C + c] * g[k * tile + p];
+          gxb[c * P + p0 + p] = static_cast<scalar_t>(acc);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// dst[gi][r] = sum_j src[gi][j][r] for j < chunks, in order, cast to the output dtype.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    reduce_chunks_kernel(const acc_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t groups, int64_t n,
+                         int64_t chunks) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < groups * n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t gi = i / n, r = i % n;
+    const acc_t* p = src + gi * chunks * n + r;
+    acc_t acc = acc_t(0);
+    for (int64_t j = 0; j < chunks; ++j) acc += p[j * n];
+    dst[i] = static_cast<scalar_t>(acc);
+  }
+}
+
+}  // namespace grmseg_kernels
