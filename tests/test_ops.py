@@ -94,6 +94,21 @@ def test_forced_backend_and_environment_variable(monkeypatch):
         ops.grm_project(*_args()["grm_project"])
 
 
+def test_auto_skips_kernels_a_backend_marks_slower(monkeypatch):
+    """A backend's NOT_AUTO kernels are passed over by "auto" but still run when forced."""
+    from grmseg.ops.impl import csrc
+
+    assert "cam_forward" in ops.backends()["csrc"].kernels["cpu"]  # make test always builds the CPU part
+    assert ops.selected("cam_forward", "cpu") == "reference"
+    assert ops.selected("cam_forward", "cpu", "csrc") == "csrc"
+    _backends._resolve.cache_clear()
+    monkeypatch.setattr(csrc, "NOT_AUTO", {})
+    try:
+        assert ops.selected("cam_forward", "cpu") == "csrc"
+    finally:
+        _backends._resolve.cache_clear()
+
+
 def test_selected_rejects_unknown_kernel_names():
     with pytest.raises(ValueError, match="unknown kernel 'random_walk'"):
         ops.selected("random_walk", "cpu")

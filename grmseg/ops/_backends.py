@@ -5,7 +5,10 @@ A backend is a module under ``grmseg.ops.impl`` that defines
 * ``NAME`` (str),
 * ``status(device_type: str) -> tuple[bool, str]``: whether it runs on that device type, and why not,
 * ``kernels(device_type: str) -> frozenset[str]``: the kernel names it implements for that device type,
-* one function per kernel name, e.g. ``grm_project_forward(x, w, b) -> (h, m)``.
+* one function per kernel name, e.g. ``grm_project_forward(x, w, b) -> (h, m)``,
+* optionally ``NOT_AUTO: dict[str, frozenset[str]]``: per device type, kernels it implements but that
+  ``"auto"`` should not pick because the benchmarks show the next backend in line is faster there (a forced
+  backend still runs them).
 
 The kernel names and signatures are those of ``grmseg.reference`` with ``_forward`` appended to the forward
 functions (``grm_project_forward``, ``grm_project_backward``, ``grm_reproject_forward``, ...). Kernels get
@@ -121,7 +124,8 @@ def check_backend_name(backend: str) -> None:
 def _resolve(kernel: str, device_type: str, requested: str) -> str:
     if requested == "auto":
         for name in _PREFERENCE.get(device_type, ("reference",)):
-            if kernel in _kernels(name, device_type) and _status(name, device_type)[0]:
+            skip = getattr(_module(name), "NOT_AUTO", {}).get(device_type, frozenset())
+            if kernel in _kernels(name, device_type) and kernel not in skip and _status(name, device_type)[0]:
                 return name
         return "reference"
     ok, why = _status(requested, device_type)
