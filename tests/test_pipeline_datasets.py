@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+pytest.importorskip("PIL", reason="Pillow is not installed (the GPU machine has none)")
 from PIL import Image
 
 from grmseg.pipeline.datasets import (
