@@ -53,13 +53,15 @@ lint: env
 	$(VENV)/bin/ruff check grmseg benchmarks tests
 
 OUT ?= gpu-check-out
+# e.g. BENCH_ARGS="--ops grm_project,grm_reproject,grm_layer" to split the benchmarks over several runs
+BENCH_ARGS ?=
 gpu-check:
 	mkdir -p "$(OUT)"
 	$(PYTHON) -m pip install --no-build-isolation --no-deps -e . 2>&1 | tee "$(OUT)/build.log"
 	$(PYTHON) -c "import grmseg; print(grmseg.build_summary())" 2>&1 | tee "$(OUT)/backends.log"
 	$(PYTHON) -m pytest -q tests --junitxml="$(OUT)/tests.xml" 2>&1 | tee "$(OUT)/tests.log"; \
 	  status=$${PIPESTATUS[0]}; \
-	  $(PYTHON) -m benchmarks --out "$(OUT)" 2>&1 | tee "$(OUT)/bench.log"; \
+	  $(PYTHON) -m benchmarks --out "$(OUT)" $(BENCH_ARGS) 2>&1 | tee "$(OUT)/bench.log"; \
 	  exit $$status
 
 clean:
