@@ -21,6 +21,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,14 @@ def _device(cfg: PipelineConfig) -> torch.device:
     if cfg.threads > 0 and torch.get_num_threads() != cfg.threads:
         torch.set_num_threads(cfg.threads)
     return rt.resolve_device(cfg.device)
+
+
+def _require_inputs(stage: str, folder: Path, ids: Sequence[str], suffix: str, what: str, hint: str) -> None:
+    """Raise FileNotFoundError naming how many of ``folder/<id><suffix>`` an earlier stage has not written."""
+    missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{stage}: {len(missing)} {what} missing in {str(folder)!r} (e.g. "
+                                f"{missing[:3]}): {hint}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -409,10 +418,7 @@ def train_aff(cfg: PipelineConfig) -> Path:
         return final
     ds = open_dataset(cfg, cfg.train_split)
     cams = Path(cfg.run_dir) / "cams"
-    missing = [i for i in ds.ids if not (cams / f"{i}.npz").is_file()]
-    if missing:
-        raise FileNotFoundError(f"train-aff: {len(missing)} CAM file(s) missing in {str(cams)!r} (e.g. "
-                                f"{missing[:3]}): run make-cam on the training split (cam_split)")
+    _require_inputs("train-aff", cams, ds.ids, ".npz", "CAM file(s)", "run make-cam on the training split (cam_split)")
     _seed_everything(cfg.seed + 2)
     model = AffinityNet(cfg.backbone, cfg.width, cfg.weights_path, cfg.output_stride, cfg.aff_dim)
     cls_path = Path(cfg.run_dir) / "cls" / "model.pt"
@@ -544,10 +550,8 @@ def train_seg(cfg: PipelineConfig) -> Path:
         return final
     ds = open_dataset(cfg, cfg.train_split)
     pseudo = Path(cfg.run_dir) / "pseudo"
-    missing = [i for i in ds.ids if not (pseudo / f"{i}.png").is_file()]
-    if missing:
-        raise FileNotFoundError(f"train-seg: {len(missing)} pseudo mask(s) missing in {str(pseudo)!r} (e.g. "
-                                f"{missing[:3]}): run make-cam and refine on the training split (cam_split)")
+    _require_inputs("train-seg", pseudo, ds.ids, ".png", "pseudo mask(s)",
+                    "run make-cam and refine on the training split (cam_split)")
     labels_path = Path(cfg.run_dir) / "cls" / "train_labels.npy"
     labels = np.load(labels_path) if labels_path.is_file() else ds.image_labels()
     _seed_everything(cfg.seed + 1)
