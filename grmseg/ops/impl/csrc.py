@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from grmseg import _ext
+from grmseg.ops import _backends
 from grmseg.ops.impl import cupy_nvrtc
 
 NAME = "csrc"
@@ -21,18 +22,7 @@ NAME = "csrc"
 #: on the CPU the fused cam kernel runs at ~0.5x of the reference, whose projection is one BLAS call.
 NOT_AUTO = {"cpu": frozenset({"cam_forward"})}
 
-KERNEL_NAMES = (
-    "grm_project_forward",
-    "grm_project_backward",
-    "grm_reproject_forward",
-    "grm_reproject_backward",
-    "graph_conv_forward",
-    "graph_conv_backward",
-    "cam_forward",
-    "local_affinity_forward",
-    "boundary_affinity_forward",
-    "random_walk_forward",
-)
+KERNEL_NAMES = _backends.KERNEL_NAMES
 
 NO_CUDA_REASON = "grmseg was built without its CUDA part (no nvcc at build time, or GRMSEG_NO_CUDA=1)"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from grmseg import reference as _ref
+from grmseg.ops._backends import KERNEL_NAMES
 
 NAME = "reference"
 
@@ -23,7 +24,7 @@ local_affinity_forward = _ref.local_affinity
 boundary_affinity_forward = _ref.boundary_affinity
 random_walk_forward = _ref.random_walk
 
-_KERNELS = frozenset(name for name in globals() if name.endswith(("_forward", "_backward")))
+_KERNELS = frozenset(KERNEL_NAMES)
 
 
 def kernels(device_type: str) -> frozenset[str]:
