@@ -1,9 +1,10 @@
 """Command line: ``python -m grmseg <command>``.
 
-WSSS stages (settings by flags and/or ``--config file.json|yaml``; everything under ``--run-dir``):
-``train-cls``, ``make-cam``, (``train-aff``), ``refine``, ``train-seg``, ``eval``; ``demo`` runs them all on the synthetic
-dataset; ``ablation`` compares with/without the knowledge GCN head and with/without GRM. ``train-cls`` and
-``train-seg`` run data-parallel when launched by ``torchrun --nproc_per_node N -m grmseg ...``.
+WSSS stages (settings by flags and/or ``--config file.json|yaml`` or a shipped preset ``--config voc|coco``;
+everything under ``--run-dir``): ``train-cls``, ``make-cam``, ``train-irn`` (or ``train-aff``), ``refine``,
+``train-seg``, ``eval``; ``demo`` runs them all (synthetic data by default); ``ablation`` compares with/without the
+knowledge GCN head and with/without GRM. Training stages run data-parallel when launched by
+``torchrun --nproc_per_node N -m grmseg ...``.
 Also: ``layer-demo`` (GRM inside a torchvision DeepLabV3, one timed training step) and ``info``.
 """
 
@@ -15,7 +16,8 @@ import sys
 STAGE_HELP = {
     "train-cls": "train the multi-label classifier (+ knowledge GCN head)",
     "make-cam": "multi-scale + flip CAMs of the cam split",
-    "train-aff": "optional: train PSA's AffinityNet on the confident CAM regions (use with --aff-source affnet)",
+    "train-irn": "train IRN's boundary net on the confident CAM regions (aff_source irn, the default)",
+    "train-aff": "train PSA's AffinityNet on the confident CAM regions (aff_source affnet)",
     "refine": "affinity + random walk -> pseudo-mask PNGs",
     "train-seg": "train the segmentation net (GRM on/off) on the pseudo masks",
     "eval": "mIoU + confusion matrices of CAMs, pseudo masks and segmentation; report.md",
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         add_config_arguments(sub.add_parser(name, help=text))
     demo = sub.add_parser("demo", help="the whole WSSS pipeline on the synthetic dataset (a few CPU minutes)")
     add_config_arguments(demo)
-    demo.add_argument("--resume", action="store_true", help="continue an earlier demo run instead of starting over")
+    demo.add_argument("--fresh", action="store_true",
+                      help="delete an earlier run in --run-dir first (default: resume it, skipping finished stages)")
     abl = sub.add_parser("ablation", help="knowledge GCN head on/off x GRM on/off on the synthetic dataset")
     add_config_arguments(abl)
     abl.add_argument("--quick", action="store_true", help="fewer images and epochs")
@@ -67,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pipeline(args: argparse.Namespace) -> None:
     from grmseg.pipeline import runner, stages
+    from grmseg.pipeline import runtime as rt
     from grmseg.pipeline.config import config_from_args, demo_preset
+    from grmseg.pipeline.report import write_report
 
     if args.command == "demo":
         cfg = config_from_args(args, {**demo_preset(), "run_dir": "runs/demo"})
-        runner.run_demo(cfg, fresh=not args.resume)
+        runner.run_demo(cfg, fresh=args.fresh)
     elif args.command == "ablation":
         preset = {**demo_preset(), "run_dir": "runs/ablation"}
         if args.quick:
@@ -81,10 +86,9 @@ def _pipeline(args: argparse.Namespace) -> None:
         runner.run_ablation(cfg, seeds, fresh=args.fresh)
     else:
         cfg = config_from_args(args)
-        fn = {"train-cls": stages.train_cls, "make-cam": stages.make_cam, "train-aff": stages.train_aff,
-              "refine": stages.refine,
-              "train-seg": stages.train_seg, "eval": stages.evaluate}[args.command]
-        fn(cfg)
+        out = stages.STAGES[args.command](cfg)
+        if args.command == "eval" and rt.is_main():
+            write_report(cfg, out)
 
 
 if __name__ == "__main__":
