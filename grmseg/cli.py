@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     layer.add_argument("--device", default="cpu")
     layer.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="what was built and which backends run here")
+    syn = sub.add_parser("synthetic-data", help="write the synthetic scenes as a VOC or COCO folder of odd sizes")
+    syn.add_argument("--out", required=True, help="the folder to write (then: --dataset voc --data-root OUT)")
+    syn.add_argument("--layout", choices=("voc", "coco"), default="voc", help="folder layout and class indices")
+    syn.add_argument("--train-images", type=int, default=1024, help="images in the train split")
+    syn.add_argument("--val-images", type=int, default=128, help="images in the val split")
+    syn.add_argument("--seed", type=int, default=0, help="scene seed (the square dataset's scenes for the same seed)")
+    syn.add_argument("--min-size", type=int, default=61, help="smallest image side")
+    syn.add_argument("--max-size", type=int, default=95, help="largest image side (multiples of 16 are skipped)")
     for name, text in STAGE_HELP.items():
         add_config_arguments(sub.add_parser(name, help=text))
     demo = sub.add_parser("demo", help="the whole WSSS pipeline on the synthetic dataset (a few CPU minutes)")
@@ -54,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         from grmseg.demo import run_demo
 
         run_demo(batch=args.batch, size=args.size, device=args.device, seed=args.seed)
+    elif args.command == "synthetic-data":
+        from grmseg.pipeline.datasets.synthetic import write_layout
+
+        root = write_layout(args.out, args.layout, args.train_images, args.val_images, args.seed, args.min_size,
+                            args.max_size)
+        print(f"wrote {args.train_images} + {args.val_images} images to {root} ({args.layout} layout); run e.g. "
+              f"python -m grmseg demo --dataset {args.layout} --data-root {root}")
     elif args.command == "info":
         import grmseg
 

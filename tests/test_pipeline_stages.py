@@ -135,9 +135,9 @@ def test_ablation_command_on_tiny_config(tmp_path, capsys):
 def odd_voc(tmp_path_factory):
     """The synthetic scenes as a VOC2012 folder: JPEGs and palette PNGs of odd sizes in 61..95, none a multiple
     of 16 (the layout a new user brings)."""
-    from grmseg.pipeline.datasets.synthetic import write_voc_layout
+    from grmseg.pipeline.datasets.synthetic import write_layout
 
-    return write_voc_layout(tmp_path_factory.mktemp("voc") / "VOC2012", train_images=12, val_images=4)
+    return write_layout(tmp_path_factory.mktemp("voc") / "VOC2012", "voc", train_images=12, val_images=4)
 
 
 TINY_VOC_FLAGS = ["--width", "4", "--gcn-hidden", "8", "--cls-epochs", "1", "--cls-batch", "4", "--irn-epochs", "1",

@@ -57,6 +57,7 @@ class PipelineConfig:
     recam_epochs: int = 4
     recam_lr: float = 5e-4  # the ReCAM predictor's; the classifier trains at 0.1 x this
     recam_loss_weight: float = 1.0
+    recam_batch: int | None = None  # None: cls_batch
     # CAMs
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     cam_flip: bool = True
@@ -174,11 +175,24 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         raise ValueError(f"config key {key!r} must be {base.__name__}, got {value!r}") from None
 
 
+PRESETS = ("voc", "coco")
+
+
+def preset_path(name: str) -> Path:
+    """The shipped preset file of ``name`` (``"voc"``, ``"coco"``): the GRM paper's recipe for that dataset."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; shipped presets: {list(PRESETS)}")
+    return Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a JSON file, or a YAML file (``.yaml``/``.yml``, needs PyYAML) into a dict."""
+    """Read a JSON file, or a YAML file (``.yaml``/``.yml``, needs PyYAML) into a dict. A shipped preset name
+    (``voc``, ``coco``) that is not a file here reads that preset."""
     p = Path(path)
+    if not p.is_file() and str(path) in PRESETS:
+        p = preset_path(str(path))
     if not p.is_file():
-        raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        raise FileNotFoundError(f"config file {str(p)!r} does not exist (shipped presets: {list(PRESETS)})")
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):
         try:
@@ -195,7 +209,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config FILE`` and one ``--<key>`` flag per config field (default: unset, i.e. keep the file's)."""
-    parser.add_argument("--config", help="JSON or YAML file of config keys (flags override it)")
+    parser.add_argument("--config", help="JSON or YAML file of config keys, or a shipped preset: voc, coco (the "
+                        "paper's recipe); flags override it")
     hints = typing.get_type_hints(PipelineConfig)
     for f in fields(PipelineConfig):
         flag = "--" + f.name.replace("_", "-")

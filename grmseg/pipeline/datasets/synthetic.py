@@ -180,11 +180,18 @@ class SyntheticShapes(SegmentationDataset):
         return {"id": s["id"], "image": s["image"], "mask": s["mask"], "labels": s["labels"]}
 
 
-def voc_class_index(synthetic_class: int) -> int:
-    """The PASCAL VOC label of a synthetic class (0 background, 1 person ... 6 sofa -> 0, 15, 2, 13, 7, 12, 18)."""
+_NAMES_IN = {"voc": {}, "coco": {"sofa": "couch"}}  # synthetic class name -> the dataset's name
+
+
+def dataset_class_index(synthetic_class: int, dataset: str = "voc") -> int:
+    """The label of a synthetic class in ``dataset`` (``"voc"``: 0 background, 1 person ... 6 sofa -> 0, 15, 2, 13,
+    7, 12, 18; ``"coco"``: 0, 1, 2, 18, 3, 17, 58)."""
     from grmseg.knowledge import class_names
 
-    return class_names("voc").index(SYNTHETIC_CLASSES[synthetic_class])
+    if dataset not in _NAMES_IN:
+        raise ValueError(f"dataset must be one of {list(_NAMES_IN)}, got {dataset!r}")
+    name = SYNTHETIC_CLASSES[synthetic_class]
+    return class_names(dataset).index(_NAMES_IN[dataset].get(name, name))
 
 
 def _odd_side(rng: np.random.Generator, lo: int, hi: int) -> int:
@@ -194,41 +201,45 @@ def _odd_side(rng: np.random.Generator, lo: int, hi: int) -> int:
             return side
 
 
-def write_voc_layout(root: str | os.PathLike, train_images: int = 1024, val_images: int = 128, seed: int = 0,
-                     min_size: int = 61, max_size: int = 95, quality: int = 95) -> Path:
-    """Write the synthetic scenes as a PASCAL VOC 2012 folder, at sizes that are no multiple of 16.
+def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int = 1024, val_images: int = 128,
+                 seed: int = 0, min_size: int = 61, max_size: int = 95, quality: int = 95) -> Path:
+    """Write the synthetic scenes as a PASCAL VOC 2012 or COCO-2014 folder, at sizes that are no multiple of 16.
 
     Image ``i`` of a split is the scene of :func:`make_sample` ``(seed, split, i)`` at a height and width drawn
-    from ``[min_size, max_size]`` (skipping multiples of 16), saved as ``JPEGImages/<id>.jpg`` (JPEG ``quality``),
-    its mask with VOC class indices as a palette PNG in ``SegmentationClass/``, and the ids in
-    ``ImageSets/Segmentation/{train,train_aug,val}.txt``. Ids are ``syn_<split>_<i>`` as in the square dataset.
-    Existing files are rewritten (the output is a function of the arguments).
+    from ``[min_size, max_size]`` (skipping multiples of 16), saved as a JPEG (``quality``) with its mask in the
+    dataset's class indices as a palette PNG. VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``,
+    ``ImageSets/Segmentation/{train,train_aug,val}.txt``. COCO: ``JPEGImages/<split>2014/``,
+    ``SegmentationClass/<split>2014/``, ``ImageSets/{train,val}.txt``. Ids are ``syn_<split>_<i>`` as in the
+    square dataset. Existing files are rewritten (the output is a function of the arguments).
 
     Returns:
-        ``root`` (the ``VOC2012`` folder to pass as ``--data-root``).
+        ``root`` (the folder to pass as ``--data-root``).
     """
     from PIL import Image
 
     from grmseg.pipeline.datasets.base import save_png_atomic, voc_palette
 
+    if layout not in _NAMES_IN:
+        raise ValueError(f"write_layout: layout must be one of {list(_NAMES_IN)}, got {layout!r}")
     if not 16 <= min_size <= max_size:
-        raise ValueError(f"write_voc_layout: need 16 <= min_size <= max_size, got {min_size}, {max_size}")
+        raise ValueError(f"write_layout: need 16 <= min_size <= max_size, got {min_size}, {max_size}")
     root = Path(root)
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    sets = root / "ImageSets" / "Segmentation"
-    sets.mkdir(parents=True, exist_ok=True)
-    lut = np.array([voc_class_index(c) for c in range(len(SYNTHETIC_CLASSES))], np.uint8)
+    lut = np.array([dataset_class_index(c, layout) for c in range(len(SYNTHETIC_CLASSES))], np.uint8)
     pal = voc_palette()
     for split, n in (("train", train_images), ("val", val_images)):
+        sub = "" if layout == "voc" else f"{split}2014"
+        images, masks = root / "JPEGImages" / sub, root / "SegmentationClass" / sub
+        images.mkdir(parents=True, exist_ok=True)
         ids = []
         for i in range(n):
             rng = np.random.default_rng([seed, _SPLIT_SEED[split], i, 16])
             size = (_odd_side(rng, min_size, max_size), _odd_side(rng, min_size, max_size))
-            s = make_sample(seed, split, i, size)
-            Image.fromarray(s["image"]).save(root / "JPEGImages" / f"{s['id']}.jpg", quality=quality)
-            save_png_atomic(root / "SegmentationClass" / f"{s['id']}.png", lut[s["mask"]], pal)
-            ids.append(s["id"])
-        names = [split] + (["train_aug"] if split == "train" else [])
-        for name in names:
+            smp = make_sample(seed, split, i, size)
+            Image.fromarray(smp["image"]).save(images / f"{smp['id']}.jpg", quality=quality)
+            save_png_atomic(masks / f"{smp['id']}.png", lut[smp["mask"]], pal)
+            ids.append(smp["id"])
+        sets = root / "ImageSets" / ("Segmentation" if layout == "voc" else "")
+        sets.mkdir(parents=True, exist_ok=True)
+        for name in [split] + (["train_aug"] if split == "train" and layout == "voc" else []):
             (sets / f"{name}.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
     return root

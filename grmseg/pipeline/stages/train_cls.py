@@ -116,7 +116,8 @@ def train_cls(cfg: PipelineConfig) -> Path:
         core.use_recam = True
         log.info(f"[train-cls] ReCAM: {cfg.recam_epochs} epochs, loss weight {cfg.recam_loss_weight}")
         low = 0.1 * cfg.recam_lr
-        core = train_loop(cfg, "recam", core, TrainingView(ds, view.augment, cfg.seed, "recam"), cfg.cls_batch,
+        batch = cfg.recam_batch or cfg.cls_batch
+        core = train_loop(cfg, "recam", core, TrainingView(ds, make_augment(cfg, "cls", batch), cfg.seed, "recam"), batch,
                           cfg.recam_epochs, _groups(core, low, low, cfg.recam_lr), loss, dev, world)
     save_stage_model(cfg, "train-cls", final, core, class_names=ds.class_names)
     return final
