@@ -92,14 +92,11 @@ def _neighbours_tensor(radius: int, device: torch.device) -> Tensor:
 
 @functools.cache
 def _paths_tensor(radius: int, device: torch.device) -> tuple[Tensor, int]:
-    """The path points of every offset as int32 ``[D, L, 2]`` (padded with the end point) and ``L``."""
-    offs = _ref.affinity_offsets(radius)
-    length = max(1, radius)
-    rows = []
-    for dy, dx in offs:
-        pts = _ref.path_offsets(dy, dx)
-        pts = pts + [pts[-1]] * (length - len(pts))
-        rows.append(pts)
+    """The path points (``reference.path_offsets``) of every offset as int32 ``[D, L, 2]`` and ``L``, the longest
+    path; shorter paths are padded by repeating their last point (harmless for a max)."""
+    paths = [_ref.path_offsets(dy, dx) for dy, dx in _ref.affinity_offsets(radius)]
+    length = max((len(pts) for pts in paths), default=1)
+    rows = [pts + [pts[-1]] * (length - len(pts)) for pts in paths]
     return torch.tensor(rows, dtype=torch.int32, device=device).reshape(-1), length
 
 
@@ -192,7 +189,7 @@ def local_affinity_forward(feat: Tensor, radius: int) -> Tensor:
 
 
 def boundary_affinity_forward(boundary: Tensor, radius: int) -> Tensor:
-    """IRN affinity ``1 - max`` of the boundary map over the path from ``p`` to ``p + o_d``, 0 outside the map.
+    """IRN affinity ``1 - max`` of the boundary map over the path pixels of ``o_d`` from ``p``, 0 outside the map.
 
     Args:
         boundary: ``[B, 1, h, w]``.  radius: >= 1.
@@ -212,7 +209,7 @@ def boundary_affinity_forward(boundary: Tensor, radius: int) -> Tensor:
     out = torch.empty(bsz, d, h, w, dtype=boundary.dtype, device=boundary.device)
     sb, _, sh, sw = boundary.stride()
     ak.boundary_affinity_kernel[(bsz * npb * ndb,)](
-        boundary, paths, out,
+        boundary, _offsets_tensor(radius, boundary.device), paths, out,
         h, w, d, length, npb, ndb,
         sb, sh, sw,
         BLOCK_D=block_d, BLOCK_P=block_p, INT64=_needs_int64(_extent(boundary), out.numel()),
