@@ -83,11 +83,11 @@ def _offsets_tensor(radius: int, device: torch.device) -> Tensor:
 
 @functools.cache
 def _neighbours_tensor(radius: int, device: torch.device) -> Tensor:
-    """The ``1 + 2D`` random-walk neighbour shifts as int32 ``[(1 + 2D) * 2]``: ``(0, 0)``, every ``+o_d``, every
-    ``-o_d`` (the order of the weight planes of ``rw_weights_kernel``)."""
+    """The ``2D`` random-walk neighbour shifts as int32 ``[2D * 2]``: every ``+o_d``, then every ``-o_d`` (the
+    order of the weight planes of ``rw_weights_kernel``); ``[0, 0]`` (unused) when there are none."""
     offs = _ref.affinity_offsets(radius)
-    shifts = [(0, 0)] + offs + [(-dy, -dx) for dy, dx in offs]
-    return torch.tensor([v for pair in shifts for v in pair], dtype=torch.int32, device=device)
+    shifts = offs + [(-dy, -dx) for dy, dx in offs]
+    return torch.tensor([v for pair in shifts for v in pair] or [0, 0], dtype=torch.int32, device=device)
 
 
 @functools.cache
@@ -256,9 +256,9 @@ def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused
     interp = cam.device.type != "cuda"
     dev = cam.device
     offs = _offsets_tensor(radius, dev)
-    int64 = _needs_int64(2 * bsz * k * p, bsz * (1 + 2 * d) * p * 2, _extent(aff))
+    int64 = _needs_int64(2 * bsz * k * p, bsz * 2 * d * p * 2, _extent(aff))
 
-    wts = torch.empty(bsz, 1 + 2 * d, p, dtype=torch.float32, device=dev)
+    wts = torch.empty(bsz, 2 * d, p, dtype=torch.float32, device=dev)
     beta = float(beta)
     beta_int = beta.is_integer()
     if interp:
@@ -277,7 +277,7 @@ def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused
     state = torch.empty(2, bsz, k, p, dtype=torch.float32, device=dev)
     state[0].copy_(cam.reshape(bsz, k, p))
     nb = _neighbours_tensor(radius, dev)
-    nn = 1 + 2 * d
+    nn = 2 * d
     if fused is None:
         fused = interp or p <= FUSED_WALK_MAX_PIXELS
     block_k, block_p, block_n, hoist = _walk_blocks(k, p, nn, interp, fused)
