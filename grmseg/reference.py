@@ -10,8 +10,6 @@ the accumulation rule every backend follows. float32 and float64 inputs are comp
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -27,6 +25,7 @@ __all__ = [
     "grm_reproject",
     "grm_reproject_backward",
     "local_affinity",
+    "path_offsets",
     "radius_from_offsets",
     "random_walk",
     "transition_matrix",
@@ -283,19 +282,30 @@ def local_affinity(feat: Tensor, radius: int) -> Tensor:
     return torch.stack(planes, dim=1).to(feat.dtype)
 
 
-def _round_half_away(v: float) -> int:
-    return int(math.copysign(math.floor(abs(v) + 0.5), v))
-
-
 def path_offsets(dy: int, dx: int) -> list[tuple[int, int]]:
-    """The pixels of the segment from ``(0, 0)`` to ``(dy, dx)``: ``round(t * (dy, dx))`` for ``t = i / n``,
-    ``i = 0..n``, ``n = max(|dy|, |dx|)``, rounded half away from zero; both ends included."""
-    n = max(abs(dy), abs(dx))
-    return [(_round_half_away(i * dy / n), _round_half_away(i * dx / n)) for i in range(n + 1)]
+    """The path pixels of the offset ``(dy, dx)``, relative to its start: IRN's path (its ``PathIndex``).
+
+    Every pixel ``(y, x)`` of the bounding box of the segment from ``(0, 0)`` to ``(dy, dx)`` whose squared
+    perpendicular distance to the segment, ``(dy x - dx y)^2 / (dy^2 + dx^2)``, is ``< 1`` (tested exactly, in
+    integers: ``(dy x - dx y)^2 < dy^2 + dx^2``). Both end points are on it. Wider than a rasterised line: 242
+    pixels over the 34 offsets of radius 5 (a thin line has 130).
+
+    Returns:
+        The pixels sorted by ``(|y| + |x|, y, x)``: ``(0, 0)`` first, ``(dy, dx)`` last (the only box pixel with
+        the largest ``|y| + |x|``). ``[(0, 0)]`` for ``(0, 0)``.
+    """
+    length_sq = dy * dy + dx * dx
+    pts = [
+        (y, x)
+        for y in range(min(0, dy), max(0, dy) + 1)
+        for x in range(min(0, dx), max(0, dx) + 1)
+        if length_sq == 0 or (dy * x - dx * y) ** 2 < length_sq
+    ]
+    return sorted(pts, key=lambda p: (abs(p[0]) + abs(p[1]), p[0], p[1]))
 
 
 def boundary_affinity(boundary: Tensor, radius: int) -> Tensor:
-    """IRN affinity ``1 - max`` of the boundary map over the segment from ``p`` to ``p + o_d``.
+    """IRN affinity ``1 - max`` of the boundary map over the path pixels of ``o_d`` (``path_offsets``) from ``p``.
 
     Args:
         boundary: ``[B, 1, h, w]`` boundary probabilities.  radius: >= 1.
