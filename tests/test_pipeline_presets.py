@@ -34,6 +34,7 @@ def test_preset_parses_and_holds_the_papers_recipe(name):
     assert (cfg.gcn_loss, cfg.gcn_loss_weight, cfg.focal_gamma) == ("focal", 1e-4, 2.0)
     assert (cfg.seg_backbone, cfg.seg_iterations, cfg.seg_batch, cfg.seg_crop_size) == ("resnet101", 20000, 5, 321)
     assert cfg.seg_lr * 0.1 == pytest.approx(2.5e-4) and cfg.use_grm
+    assert cfg.conf_crf and cfg.eval_crf and not cfg.refine_crf  # IRN's CRF on the regions, the paper's at test
     # `demo --config <preset>` starts from the demo preset: every demo setting must be the preset's own
     assert set(demo_preset()) <= set(data), sorted(set(demo_preset()) - set(data))
 
@@ -55,4 +56,5 @@ def test_preset_runs_at_tiny_scale(name, tmp_path, capsys):
     assert "ReCAM: 1 epochs" in log and "[recam] epoch 1/1" in log and "[irn] epoch 1/1" in log
     assert "backbone resnet101, GRM on; 2 iterations" in log
     res = json.loads((run / "eval" / "eval.json").read_text())["results"]
-    assert set(res) == {"CAM", "pseudo mask", "segmentation (GRM)"} and res["pseudo mask"]["images"] == 4
+    assert set(res) == {"CAM", "pseudo mask", "segmentation (GRM)", "segmentation (GRM) + CRF"}
+    assert res["pseudo mask"]["images"] == 4

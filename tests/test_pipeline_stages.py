@@ -49,7 +49,10 @@ def test_demo_writes_every_output(demo_run, capsys):
     assert len(list((run / "seg_pred").glob("*.png"))) == cfg.syn_val_images
     assert not list(run.rglob("*.tmp*")), "temporary files left behind"
     res = json.loads((run / "eval" / "eval.json").read_text())["results"]
-    assert set(res) == {"CAM", "pseudo mask", "segmentation (GRM)"}
+    assert set(res) == {"CAM", "pseudo mask", "segmentation (GRM)", "segmentation (GRM) + CRF"}
+    assert len(list((run / "seg_pred_crf").glob("*.png"))) == cfg.syn_val_images
+    assert (run / "eval" / "confusion_segmentation_grm_crf.csv").is_file()
+    assert len(list((run / "ir_label").glob("*.png"))) == n_train  # the confident regions (CRF-refined)
     for r in res.values():
         assert 0.0 <= r["miou"] <= 1.0
         assert np.asarray(r["confusion"]).shape == (7, 7)
@@ -185,13 +188,14 @@ def test_each_stage_on_an_odd_size_voc_folder(odd_voc, tmp_path):
     for stage in ("train-cls", "make-cam", "train-irn", "refine", "train-seg", "eval"):
         assert main([stage, *flags]) == 0
     res = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
-    assert set(res["results"]) == {"CAM", "pseudo mask", "segmentation (GRM)"}
+    assert set(res["results"]) == {"CAM", "pseudo mask", "segmentation (GRM)"}  # eval_crf is off by default
 
 
 def test_affinity_net_stage(demo_run, tmp_path, capsys):
     import shutil
 
-    from grmseg.pipeline.affinity_net import affinity_loss, confident_labels
+    from grmseg.pipeline.affinity_net import affinity_loss
+    from grmseg.pipeline.confident_regions import confident_labels
 
     lab = confident_labels(np.array([2, 5]), np.array([[[0.9, 0.3], [0.0, 0.0]], [[0.1, 0.95], [0.02, 0.6]]],
                                                       np.float32), conf_fg=0.5, conf_bg=0.05)

@@ -2,8 +2,8 @@
 
 Features ``f = head(backbone(x))``; the affinity of two pixels within the radius is PSA's
 ``exp(-mean_c |f_i - f_j|)`` (:func:`grmseg.ops.local_affinity` at inference). Training pairs come from the
-CAMs: pixels confidently of one class (CAM above ``conf_fg``), confidently background (every CAM below
-``conf_bg``), or unknown (ignored). Loss (PSA, and IRN's for its boundary net, :func:`pair_loss`): ``-log a``
+confident regions of the CAMs (:mod:`grmseg.pipeline.confident_regions`): pixels confidently of one class,
+confidently background, or unknown (ignored). Loss (PSA, and IRN's for its boundary net, :func:`pair_loss`): ``-log a``
 for same-label pairs (background and foreground pairs averaged separately), ``-log(1 - a)`` for pairs of
 different labels. Every in-map pair is used (PSA drops pairs whose source lies in a 4-pixel border of the
 crop, IRN a ``radius - 1`` border; grmseg keeps them: the offsets never leave the map).
@@ -11,15 +11,10 @@ crop, IRN a ``radius - 1`` border; grmseg keeps them: the offsets never leave th
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from grmseg.models.backbones import build_backbone
-from grmseg.pipeline.common import load_cam
-from grmseg.pipeline.pseudo_masks import confident_masks
 from grmseg.reference import affinity_offsets
 from grmseg.reference import local_affinity as local_affinity_differentiable
 
@@ -44,35 +39,6 @@ class AffinityNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
-
-
-def confident_labels(keys: np.ndarray, cam: np.ndarray, conf_fg: float, conf_bg: float) -> np.ndarray:
-    """IRN's confident regions of one image's CAMs (:func:`grmseg.pipeline.pseudo_masks.confident_masks`).
-
-    Args:
-        keys: ``[n]`` 1-based classes of the CAM channels.  cam: ``[n, h, w]`` in ``[0, 1]``.
-        conf_fg: a pixel is confidently class k where CAM_k is the largest and above this.
-        conf_bg: a pixel is confidently background where every CAM is at most this.
-
-    Returns:
-        uint8 ``[h, w]``: class index, 0 (background) or 255 (unknown).
-    """
-    out = confident_masks(torch.from_numpy(np.ascontiguousarray(cam, np.float32))[None], conf_fg=conf_fg,
-                          conf_bg=conf_bg, class_indices=torch.from_numpy(np.asarray(keys)).long(),
-                          ignore_index=IGNORE)
-    return out[0].numpy().astype(np.uint8)
-
-
-class ConfidentRegions:
-    """``sample -> uint8 [H, W]``: the confident regions (:func:`confident_labels`) of the sample's full-size
-    CAMs (``high_res`` of ``<cams>/<id>.npz``), the training target of the affinity nets (IRN's ``ir_label``)."""
-
-    def __init__(self, cams: Path, conf_fg: float, conf_bg: float) -> None:
-        self.cams, self.conf_fg, self.conf_bg = Path(cams), conf_fg, conf_bg
-
-    def __call__(self, sample: dict) -> np.ndarray:
-        cam = load_cam(self.cams / f"{sample['id']}.npz")
-        return confident_labels(cam["keys"], cam["high_res"], self.conf_fg, self.conf_bg)
 
 
 def _shift(t: Tensor, dy: int, dx: int, fill: int) -> Tensor:

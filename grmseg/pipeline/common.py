@@ -25,7 +25,7 @@ from torch import Tensor
 from grmseg import knowledge
 from grmseg.pipeline import runtime as rt
 from grmseg.pipeline.config import PipelineConfig
-from grmseg.pipeline.datasets import SegmentationDataset, build_dataset
+from grmseg.pipeline.datasets import SegmentationDataset, build_dataset, load_mask
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -113,6 +113,17 @@ def backbone_state(model_path: Path) -> dict[str, Tensor]:
     if ckpt is None:
         raise FileNotFoundError(f"no trained model at {str(model_path)!r}")
     return {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
+
+
+class MaskFolder:
+    """``sample -> uint8 [H, W]``: the label PNG ``<folder>/<id>.png`` of a sample (pseudo masks, confident
+    regions), checked against ``num_classes`` (255 = ignore)."""
+
+    def __init__(self, folder: Path, num_classes: int) -> None:
+        self.folder, self.num_classes = Path(folder), num_classes
+
+    def __call__(self, sample: dict) -> np.ndarray:
+        return load_mask(self.folder / f"{sample['id']}.png", self.num_classes)
 
 
 # ------------------------------------------------------------------------------------------------- CAM files

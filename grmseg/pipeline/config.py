@@ -67,6 +67,7 @@ class PipelineConfig:
     aff_source: str = "irn"  # irn (IRN boundary net, train-irn) | affnet (PSA AffinityNet, train-aff) | classifier
     conf_fg: float = 0.30  # confident foreground for train-irn / train-aff: CAM above this (IRN 0.30)
     conf_bg: float = 0.05  # confident background: every CAM below this (IRN 0.05)
+    conf_crf: bool = True  # refine the confident regions with IRN's dense CRF on the image
     irn_epochs: int = 3  # train-irn
     irn_batch: int = 32
     irn_lr: float = 0.1
@@ -85,6 +86,8 @@ class PipelineConfig:
     bg_mode: str = "threshold"  # threshold (IRN: after the walk) | psa ((1 - max fg)^alpha, walked too)
     bg_threshold: float = 0.25  # IRN sem_seg_bg_thres
     bg_alpha: float = 16.0  # PSA
+    refine_crf: bool = False  # end refine with a dense CRF of the walked scores on the image (PSA's --out_crf)
+    crf_iterations: int = 10  # mean-field iterations of the dense CRFs (refine_crf, eval_crf)
     # segmentation
     seg_backbone: str | None = None  # None: the classifier's backbone
     seg_weights_path: str | None = None  # None: weights_path
@@ -100,7 +103,8 @@ class PipelineConfig:
     grm_gcn_layers: int = 1
     grm_embeddings: bool = True
     seg_init_from_cls: bool = True  # start the segmentation backbone from the trained classifier's
-    # report
+    # evaluation and report
+    eval_crf: bool = False  # also score the predictions after a dense CRF (the paper's test-time CRF)
     num_figures: int = 6
 
     def crop_size(self, stage: str) -> int:
@@ -242,16 +246,19 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
 def demo_preset() -> dict[str, Any]:
     """The synthetic-data settings of ``python -m grmseg demo``: a few minutes on a 2-core CPU.
 
-    IRN's recipe (boundary net, beta 10, 256 steps) on the tiny backbone. The CAM threshold, the confident-region
-    thresholds and the background threshold were picked once on training images with their masks (as WSSS
-    papers tune them on the training set); see the README's demo section.
+    IRN's recipe (CRF-refined confident regions, boundary net, beta 10) on the tiny backbone, with PSA's CRF on
+    the pseudo masks and the paper's test-time CRF. The walk takes 2 steps: on the 16 x 16 grid of a 64-pixel
+    image, radius 5 crosses an object in one step (IRN's 256 steps are for 128 x 128 grids). The CAM threshold,
+    the confident-region thresholds, the background threshold and the steps were picked once on 150 training
+    images with their masks (as WSSS papers tune them on the training set); see the README's demo section.
     """
     return {
         "dataset": "synthetic", "threads": 1, "syn_train_images": 1024, "syn_val_images": 128, "syn_size": 64,
+        "cls_crop_size": 64, "irn_crop_size": 64, "seg_crop_size": 64,
         "backbone": "tiny", "width": 16, "gcn_hidden": 64, "cls_epochs": 15, "cls_batch": 32, "cls_lr": 0.05,
-        "cam_scales": (1.0, 1.5), "cam_eval_thres": 0.5, "conf_fg": 0.5, "conf_bg": 0.1,
+        "cam_scales": (1.0, 1.5), "cam_eval_thres": 0.5, "conf_fg": 0.5, "conf_bg": 0.1, "conf_crf": True,
         "aff_source": "irn", "irn_epochs": 3, "irn_batch": 32, "irn_lr": 0.1, "irn_radius": 5, "aff_radius": 5,
-        "rw_beta": 10.0, "rw_steps": 256, "bg_threshold": 0.5,
+        "rw_beta": 10.0, "rw_steps": 2, "bg_threshold": 0.2, "refine_crf": True, "eval_crf": True,
         "seg_epochs": 10, "seg_batch": 16, "seg_lr": 0.02, "aspp_channels": 48, "aspp_rates": (2, 4),
         "grm_node_dim": 48, "grm_key_dim": 32, "num_figures": 6,
     }

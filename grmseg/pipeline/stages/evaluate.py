@@ -2,13 +2,15 @@
 segmentation net (``val_split``, predictions written to ``<run>/seg_pred``). Writes ``<run>/eval/``.
 
 Every score is on the image pixels: CAMs from their ``high_res`` maps (background where every CAM is below
-``cam_eval_thres``), pseudo masks as written, predictions of the net's exactly upsampled logits.
+``cam_eval_thres``), pseudo masks as written, predictions of the net's exactly upsampled logits (mirror
+averaged), and with ``eval_crf`` also after the dense CRF of their probabilities (``<run>/seg_pred_crf``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,11 @@ import numpy as np
 from grmseg.pipeline import runtime as rt
 from grmseg.pipeline.common import load_cam, open_dataset, stage_device, to_tensor
 from grmseg.pipeline.config import PipelineConfig
+from grmseg.pipeline.crf import crf_probabilities
 from grmseg.pipeline.datasets import load_mask, save_png_atomic, voc_palette
 from grmseg.pipeline.metrics import SegmentationMeter, format_table
 from grmseg.pipeline.stages.make_cam import cam_to_mask
-from grmseg.pipeline.stages.train_seg import load_segmenter, predict, seg_dir
+from grmseg.pipeline.stages.train_seg import load_segmenter, predict_probabilities, seg_dir
 
 
 def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
@@ -58,26 +61,36 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
     if seg_path.is_file():
         model = load_segmenter(cfg, dev)
         val = open_dataset(cfg, cfg.val_split)
-        seg_m = SegmentationMeter(names)
+        seg_m, crf_m = SegmentationMeter(names), SegmentationMeter(names)
         pal = voc_palette()
         n = 0
         for i in rt.progress(range(len(val)), len(val), "eval seg", cfg.progress):
             s = val[i]
-            pred = predict(model, to_tensor(s["image"]).to(dev))
+            prob = predict_probabilities(model, to_tensor(s["image"]).to(dev))
+            pred = prob.argmax(0).cpu().numpy().astype(np.uint8)
             save_png_atomic(run / f"{seg_dir(cfg)}_pred" / f"{s['id']}.png", pred, pal)
+            if cfg.eval_crf:
+                refined = crf_probabilities(prob[None], s["image"], cfg.crf_iterations)[0]
+                pred_crf = refined.argmax(0).cpu().numpy().astype(np.uint8)
+                save_png_atomic(run / f"{seg_dir(cfg)}_pred_crf" / f"{s['id']}.png", pred_crf, pal)
             if s["mask"] is not None:
                 seg_m.update(pred, s["mask"])
+                if cfg.eval_crf:
+                    crf_m.update(pred_crf, s["mask"])
                 n += 1
         if n:
             label = "segmentation (GRM)" if cfg.use_grm else "segmentation (no GRM)"
             results[label] = {**seg_m.summary(), "split": cfg.val_split, "images": n}
+            if cfg.eval_crf:
+                results[label + " + CRF"] = {**crf_m.summary(), "split": cfg.val_split, "images": n}
     out = run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".eval.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"class_names": names, "results": results}, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out / "eval.json")
     for key, summary in results.items():
-        np.savetxt(out / f"confusion_{key.split()[0].lower()}.csv", np.asarray(summary["confusion"]), fmt="%d",
+        slug = "_".join(re.findall(r"[a-z]+", key.lower()))  # "segmentation (GRM) + CRF" -> segmentation_grm_crf
+        np.savetxt(out / f"confusion_{slug}.csv", np.asarray(summary["confusion"]), fmt="%d",
                    delimiter=",", header=",".join(names))
     table = format_table({f"{k} ({v['split']})": v for k, v in results.items()}, names)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")

@@ -10,7 +10,8 @@ All on the stride-``cam_stride`` grid of the CAM files, then upsampled by exactl
   magnitude), optionally with the image colour (``aff_rgb_weight``).
 
 ``bg_mode: psa`` replaces the threshold by PSA's background ``(1 - max fg)^bg_alpha`` computed on the full-size
-CAMs, pooled onto the grid with the classes and walked with them.
+CAMs, pooled onto the grid with the classes and walked with them. ``refine_crf`` ends with a dense CRF of the
+scores on the image (:func:`grmseg.pipeline.crf.crf_probabilities`), as PSA's ``--out_crf``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from grmseg.pipeline import pseudo_masks as pm
 from grmseg.pipeline import runtime as rt
 from grmseg.pipeline.common import load_cam, open_dataset, shard, stage_device, to_rgb, to_tensor
 from grmseg.pipeline.config import PipelineConfig
+from grmseg.pipeline.crf import crf_probabilities
 from grmseg.pipeline.datasets import save_png_atomic, voc_palette
 from grmseg.pipeline.stages.train_aff import load_affinity_net
 from grmseg.pipeline.stages.train_cls import load_classifier
@@ -107,6 +109,9 @@ class Refiner:
             full = torch.from_numpy(cam["high_res"]).to(self.dev)[None]
             scores = pm.propagate(full, aff, beta=cfg.rw_beta, steps=cfg.rw_steps, bg_threshold=None,
                                   bg_alpha=cfg.bg_alpha, stride=stride, image_size=size)
+        if cfg.refine_crf:
+            rgb = (to_rgb(image) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+            scores = crf_probabilities(scores, rgb, cfg.crf_iterations)
         labels = pm.scores_to_labels(scores, class_indices=torch.from_numpy(keys).long().to(scores.device))
         return labels[0].cpu().numpy().astype(np.uint8)
 
@@ -128,6 +133,7 @@ def refine(cfg: PipelineConfig) -> Path:
         save_png_atomic(out / f"{s['id']}.png", mask, pal)
     rt.barrier()
     log.info(f"[refine] {len(todo)} new pseudo masks in {out} ({time.perf_counter() - t0:.1f} s; {cfg.aff_source} "
-             f"affinity, radius {cfg.aff_radius}, beta {cfg.rw_beta}, {cfg.rw_steps} steps; random walk backend "
+             f"affinity, radius {cfg.aff_radius}, beta {cfg.rw_beta}, {cfg.rw_steps} steps, dense CRF "
+             f"{'on' if cfg.refine_crf else 'off'}; random walk backend "
              f"{ops.selected('random_walk_forward', dev)})")
     return out

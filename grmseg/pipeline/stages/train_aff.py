@@ -1,6 +1,6 @@
 """Stage 3 (``aff_source: affnet``), ``train-aff``: PSA's AffinityNet from the confident CAM regions.
 
-Targets as ``train-irn`` (:class:`grmseg.pipeline.affinity_net.ConfidentRegions`), read at the cell centres of
+Targets as ``train-irn`` (``<run>/ir_label``, :mod:`grmseg.pipeline.confident_regions`), read at the cell centres of
 the AffinityNet's output stride; pairs within ``aff_radius``; PSA's loss on ``exp(-mean_c |f_i - f_j|)``. The
 backbone starts from the trained classifier's. Writes ``<run>/aff/model.pt``.
 """
@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from grmseg.pipeline.affinity_net import AffinityNet, ConfidentRegions, affinity_loss
+from grmseg.pipeline.affinity_net import AffinityNet, affinity_loss
 from grmseg.pipeline.common import (
+    MaskFolder,
     backbone_state,
     begin_training_stage,
     load_stage_model,
@@ -22,6 +23,7 @@ from grmseg.pipeline.common import (
     save_stage_model,
     seed_everything,
 )
+from grmseg.pipeline.confident_regions import write_confident_regions
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.training import TrainingView, make_augment, train_loop
 
@@ -35,6 +37,7 @@ def train_aff(cfg: PipelineConfig) -> Path:
     ds = open_dataset(cfg, cfg.train_split)
     cams = Path(cfg.run_dir) / "cams"
     require_inputs("train-aff", cams, ds.ids, ".npz", "CAM file(s)", "run make-cam with cam_split = train_split")
+    regions = write_confident_regions(cfg, ds, cams, Path(cfg.run_dir) / "ir_label")
     seed_everything(cfg.seed + 2)
     model = AffinityNet(cfg.backbone, cfg.width, cfg.weights_path, cfg.output_stride, cfg.aff_dim)
     cls_path = Path(cfg.run_dir) / "cls" / "model.pt"
@@ -47,7 +50,7 @@ def train_aff(cfg: PipelineConfig) -> Path:
         return affinity_loss(feat, y, cfg.aff_radius)[0]
 
     view = TrainingView(ds, make_augment(cfg, "irn", cfg.cls_batch), cfg.seed, "aff",
-                        mask_fn=ConfidentRegions(cams, cfg.conf_fg, cfg.conf_bg),
+                        mask_fn=MaskFolder(regions, ds.num_classes),
                         label_stride=model.backbone.output_stride)
     groups = [{"params": list(model.backbone.parameters()), "lr": cfg.aff_lr * 0.1},
               {"params": list(model.head.parameters()), "lr": cfg.aff_lr}]

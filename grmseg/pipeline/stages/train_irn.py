@@ -1,8 +1,9 @@
 """Stage 3 (``aff_source: irn``), ``train-irn``: IRN's boundary network from the confident CAM regions.
 
 Targets: the confident regions of each image's full-size CAMs (foreground where the top CAM exceeds ``conf_fg``,
-background where every CAM is below ``conf_bg``, the rest ignored; IRN 0.30 / 0.05), augmented with the image
-(rescale, flip, crop ``irn_crop_size``) and read at the centres of the stride-4 cells. The net's boundary
+background where every CAM is below ``conf_bg``, the rest ignored; IRN 0.30 / 0.05), refined by IRN's dense CRF
+(``conf_crf``) and written once to ``<run>/ir_label/`` (:mod:`grmseg.pipeline.confident_regions`); augmented with
+the image (rescale, flip, crop ``irn_crop_size``) and read at the centres of the stride-4 cells. The net's boundary
 probabilities give, for every pair within ``irn_radius`` (IRN: 10), the path affinity ``1 - max`` of the
 boundary along IRN's path (:func:`grmseg.reference.boundary_affinity`, differentiable); IRN's loss pulls
 same-label pairs to 1 and different-label pairs to 0. The backbone is frozen (IRN): it starts from the trained
@@ -19,8 +20,9 @@ from torch import Tensor
 
 from grmseg import reference
 from grmseg.models.irn import GRID_STRIDE, BoundaryNet
-from grmseg.pipeline.affinity_net import ConfidentRegions, pair_loss
+from grmseg.pipeline.affinity_net import pair_loss
 from grmseg.pipeline.common import (
+    MaskFolder,
     backbone_state,
     begin_training_stage,
     load_stage_model,
@@ -29,6 +31,7 @@ from grmseg.pipeline.common import (
     save_stage_model,
     seed_everything,
 )
+from grmseg.pipeline.confident_regions import write_confident_regions
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.training import TrainingView, make_augment, train_loop
 
@@ -70,6 +73,7 @@ def train_irn(cfg: PipelineConfig) -> Path:
     ds = open_dataset(cfg, cfg.train_split)
     cams = Path(cfg.run_dir) / "cams"
     require_inputs("train-irn", cams, ds.ids, ".npz", "CAM file(s)", "run make-cam with cam_split = train_split")
+    regions = write_confident_regions(cfg, ds, cams, Path(cfg.run_dir) / "ir_label")
     seed_everything(cfg.seed + 3)
     model = build_boundary_net(cfg)
     cls_path = Path(cfg.run_dir) / "cls" / "model.pt"
@@ -83,7 +87,7 @@ def train_irn(cfg: PipelineConfig) -> Path:
              f"pairs within radius {cfg.irn_radius}; backbone {'frozen' if cfg.irn_freeze_backbone else 'trained'}, from "
              f"the {cfg.irn_init})")
     view = TrainingView(ds, make_augment(cfg, "irn", cfg.irn_batch), cfg.seed, "irn",
-                        mask_fn=ConfidentRegions(cams, cfg.conf_fg, cfg.conf_bg), label_stride=model.output_stride)
+                        mask_fn=MaskFolder(regions, ds.num_classes), label_stride=model.output_stride)
     heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     groups = [{"params": heads, "lr": cfg.irn_lr}]
     if not cfg.irn_freeze_backbone:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from grmseg.models.wsss import SegmentationNet
 from grmseg.pipeline.common import (
+    MaskFolder,
     backbone_state,
     begin_training_stage,
     class_name_embeddings,
@@ -28,7 +29,7 @@ from grmseg.pipeline.common import (
     seed_everything,
 )
 from grmseg.pipeline.config import PipelineConfig
-from grmseg.pipeline.datasets import IGNORE_INDEX, load_mask
+from grmseg.pipeline.datasets import IGNORE_INDEX
 from grmseg.pipeline.training import TrainingView, make_augment, train_loop
 
 
@@ -50,16 +51,6 @@ def build_segmenter(cfg: PipelineConfig, class_names: list[str], labels: np.ndar
 def seg_dir(cfg: PipelineConfig) -> str:
     """The run sub-folder of the segmentation net: ``seg`` (GRM on) or ``seg_nogrm``."""
     return "seg" if cfg.use_grm else "seg_nogrm"
-
-
-class PseudoMasks:
-    """``sample -> uint8 [H, W]``: the sample's pseudo mask from ``<pseudo>/<id>.png``."""
-
-    def __init__(self, folder: Path, num_classes: int) -> None:
-        self.folder, self.num_classes = Path(folder), num_classes
-
-    def __call__(self, sample: dict) -> np.ndarray:
-        return load_mask(self.folder / f"{sample['id']}.png", self.num_classes)
 
 
 def train_seg(cfg: PipelineConfig) -> Path:
@@ -91,7 +82,7 @@ def train_seg(cfg: PipelineConfig) -> Path:
         return F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
 
     view = TrainingView(ds, make_augment(cfg, "seg", cfg.seg_batch), cfg.seed, "seg",
-                        mask_fn=PseudoMasks(pseudo, ds.num_classes))
+                        mask_fn=MaskFolder(pseudo, ds.num_classes))
     backbone = list(model.backbone.parameters())
     skip = {id(p) for p in backbone}
     pretrained = bool(cfg.seg_weights_path or cfg.weights_path)  # ImageNet (or COCO) weights: backbone at 0.1 x
@@ -114,11 +105,15 @@ def load_segmenter(cfg: PipelineConfig, dev: torch.device) -> SegmentationNet:
 
 
 @torch.no_grad()
-def predict(model: SegmentationNet, image: Tensor, flip: bool = True) -> np.ndarray:
-    """``[3, H, W]`` normalised -> uint8 ``[H, W]`` class map (softmax averaged with the mirrored image)."""
+def predict_probabilities(model: SegmentationNet, image: Tensor, flip: bool = True) -> Tensor:
+    """``[3, H, W]`` normalised -> ``[K, H, W]`` class probabilities (softmax averaged with the mirrored image)."""
     x = image[None]
     if flip:
         x = torch.cat([x, x.flip(-1)])
     p = model(x).softmax(1)
-    p = p[0] + p[1].flip(-1) if flip else p[0]
-    return p.argmax(0).cpu().numpy().astype(np.uint8)
+    return (p[0] + p[1].flip(-1)) / 2 if flip else p[0]
+
+
+def predict(model: SegmentationNet, image: Tensor, flip: bool = True) -> np.ndarray:
+    """``[3, H, W]`` normalised -> uint8 ``[H, W]`` class map (the argmax of :func:`predict_probabilities`)."""
+    return predict_probabilities(model, image, flip).argmax(0).cpu().numpy().astype(np.uint8)
