@@ -127,12 +127,13 @@ def test_missing_ground_truth_is_reported(tmp_path, capsys):
     labels = {f"syn_val_{i:05d}": ["person"] for i in range(3)}  # image labels of the val images without masks
     labels.update({f"syn_train_{i:05d}": ["person"] for i in range(6)})
     (tmp_path / "labels.json").write_text(json.dumps(labels))
-    flags = [*sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in {
+    settings = {
         "run_dir": tmp_path / "run", "dataset": "voc", "data_root": root, "cls_labels": tmp_path / "labels.json",
         "width": 4, "gcn_hidden": 8, "cls_epochs": 1, "cls_batch": 3, "irn_epochs": 1, "irn_batch": 3,
         "irn_radius": 3, "aff_radius": 3, "rw_steps": 2, "seg_epochs": 1, "seg_batch": 3, "aspp_channels": 8,
         "aspp_rates": 1, "grm_node_dim": 8, "grm_key_dim": 4, "num_figures": 0, "cls_crop_size": 48,
-        "irn_crop_size": 48, "seg_crop_size": 48, "threads": 1}.items()), []), "--no-progress"]
+        "irn_crop_size": 48, "seg_crop_size": 48, "threads": 1}
+    flags = [arg for k, v in settings.items() for arg in (f"--{k.replace('_', '-')}", str(v))] + ["--no-progress"]
     assert main(["demo", *flags]) == 0
     assert "1 image(s) of 'val' have no ground-truth mask" in capsys.readouterr().out
     res = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())["results"]
