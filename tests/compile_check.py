@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_ENV = "GRMSEG_COMPILE_CACHE"
 JOBS_ENV = "GRMSEG_COMPILE_JOBS"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 #: ptxas: "Used 168 registers, used 1 barriers, 33280 bytes smem" and "0 bytes stack frame, 0 bytes spill ..."
 _USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
@@ -97,14 +97,18 @@ _TORCH_TO_TRITON = {
 
 
 def _arg(value: Any) -> dict:
-    """A runtime argument as the JIT specialises it: pointer dtype, or an int's value (1 becomes a constant,
-    multiples of 16 get the divisibility hint), or a float."""
+    """A runtime argument as the JIT specialises it (nothing else of its value reaches the compiler): a pointer's
+    dtype; an int as "1" (a constant), "D" (a multiple of 16: the divisibility hint), "i32" or "i64"; a float."""
     if hasattr(value, "dtype") and hasattr(value, "stride"):
         return {"ptr": _TORCH_TO_TRITON[str(value.dtype)]}
     if isinstance(value, bool):
         return {"bool": value}
     if isinstance(value, int):
-        return {"int": value}
+        if value == 1:
+            return {"int": "1"}
+        if not -(2**31) <= value < 2**31:
+            return {"int": "i64"}
+        return {"int": "D" if value % 16 == 0 else "i32"}
     if isinstance(value, float):
         return {"float": value}
     raise TypeError(f"compile_check: cannot describe kernel argument {value!r}")
@@ -115,12 +119,15 @@ def launch_jobs(launch: Any) -> list[dict]:
     args = [_arg(a) for a in launch.args]
     jobs = []
     for cfg in launch.configs:
-        meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
-        jobs.append({
+        meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages", "maxnreg")}
+        job = {
             "module": launch.module, "kernel": launch.kernel, "args": args,
             "constexprs": {**launch.constexprs, **meta}, "num_warps": int(cfg.get("num_warps", 4)),
             "num_stages": int(cfg.get("num_stages", 2)), "arch": launch.target.arch,
-        })
+        }
+        if cfg.get("maxnreg"):
+            job["maxnreg"] = int(cfg["maxnreg"])
+        jobs.append(job)
     return jobs
 
 
@@ -166,12 +173,12 @@ def _compile_triton_job(job: dict) -> dict:
             signature[name] = "*" + a["ptr"]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif "int" in a:
-            v = a["int"]
-            if v == 1:
+            spec = a["int"]
+            if spec == "1":
                 signature[name], constexprs[name] = "constexpr", 1
             else:
-                signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
-                if v % 16 == 0:
+                signature[name] = "i64" if spec == "i64" else "i32"
+                if spec == "D":
                     attrs[(i,)] = [["tt.divisibility", 16]]
         elif "float" in a:
             signature[name] = "fp32"
@@ -188,8 +195,10 @@ def _compile_triton_job(job: dict) -> dict:
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stdout(out):
-            kernel = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32),
-                                    options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
+            options = {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}
+            if job.get("maxnreg"):
+                options["maxnreg"] = job["maxnreg"]
+            kernel = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32), options=options)
     except Exception as exc:  # noqa: BLE001 - any compile failure is a result
         return {"error": f"{type(exc).__name__}: {exc}"[:2000], "seconds": time.perf_counter() - t0}
     log = out.getvalue()
@@ -217,6 +226,7 @@ def _worker_env(tmp: str) -> dict[str, str]:
     env.pop("TRITON_INTERPRET", None)
     env["TRITON_CACHE_DIR"] = os.path.join(tmp, "triton-cache")  # always a real compile (and a ptxas log)
     env["TRITON_DUMP_PTXAS_LOG"] = "1"
+    env["TRITON_ALWAYS_COMPILE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("CUDA_VISIBLE_DEVICES", "")
     return env

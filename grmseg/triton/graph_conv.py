@@ -9,13 +9,15 @@ No [K, K] block is ever held whole (K pads to 128, and a 128 x 128 fp32 block al
 registers): the node axis is walked in chunks of ``BLOCK_J`` rows.
 
 Forward: a program per (block of D, batch): for each chunk of BLOCK_J nodes ``zw`` of the chunk (over F chunks),
-then ``pre += adj[:, chunk] zw[chunk]``; bias and activation in registers. Backward: three kernels,
-(1) per (block of D, batch): ``gpre`` of all nodes, then per node chunk ``gzw += adj[chunk]^T gpre[chunk]`` and,
-recomputing ``zw`` of the chunk, the adjacency partial ``gadj[:, chunk] = gpre zw[chunk]^T``; it writes ``gzw``
-(fp32 scratch ``[B, K, D]``), the bias partial ``[B, D]`` and the adjacency partial ``[B, NUM_DB, K, K]``, slot
-``db < cdiv(D, BLOCK_D)`` (the adapter zeroes the buffer, so slots a wider D block leaves out add nothing);
-(2) ``gz`` per (block of F, batch); (3) ``gweight`` per (block of F, block of D), summing over the batch and
-the node chunks in order. Partials are summed by the adapter in a fixed order.
+then ``pre += adj[:, chunk] zw[chunk]``; bias and activation in registers. Backward: four kernels,
+(1) per (block of D, batch): ``gzw += adj[chunk]^T gpre[chunk]`` over the node chunks into an fp32 scratch
+``[B, K, D]``, and the bias partial ``[B, D]``; (2) per (block of D, batch): ``gpre`` of all nodes and, recomputing
+``zw`` chunk by chunk, the adjacency partial ``gadj[:, chunk] = gpre zw[chunk]^T`` into slot ``db`` of
+``[B, NUM_DB, K, K]`` (the adapter zeroes the buffer, so slots a wider D block leaves out add nothing);
+(3) ``gz`` per (block of F, batch); (4) ``gweight`` per (block of F, block of D), summing over the batch and
+the node chunks in order. Partials are summed by the adapter in a fixed order. (1) and (2) are separate so
+that neither holds more than three ``[BLOCK_K, BLOCK_*]`` blocks: fused, fp32 at 128 nodes did not fit the
+registers.
 
 Dot operands are in the input dtype (``operand``; fp32 inputs use ``PRECISION``), accumulation in fp32.
 """
@@ -100,15 +102,14 @@ def graph_conv_fwd_kernel(
 
 @triton.jit
 def graph_conv_bwd_pre_kernel(
-    gout_ptr, out_ptr, z_ptr, adj_ptr, w_ptr, gzw_ptr, gadj_ptr, gbias_ptr,
-    B, K, F, D, NUM_DB,
-    sgb, sgk, sgd, sob, sok, sod, szb, szk, szf, sai, saj, swf, swd,
+    gout_ptr, out_ptr, adj_ptr, w_ptr, gzw_ptr, gbias_ptr,
+    K, D,
+    sgb, sgk, sgd, sob, sok, sod, sai, saj,
     ACTIVATION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Per (D block, batch): ``gzw [B, K, D]`` (fp32), partial ``gbias [B, D]`` and ``gadj [B, NUM_DB, K, K]``
-    (fp32; this program writes slot ``db``)."""
+    """Per (D block, batch): ``gzw = adj^T gpre`` into ``[B, K, D]`` (fp32) and the bias partial ``[B, D]``."""
     pid = tl.program_id(0)
     num_db = tl.cdiv(D, BLOCK_D)
     db = pid % num_db
@@ -119,28 +120,54 @@ def graph_conv_bwd_pre_kernel(
     d_mask = offs_d < D
     gout_base = gout_ptr + bi * sgb
     out_base = out_ptr + bi * sob
-    z_base = z_ptr + bi * szb
 
-    gpre = _grad_pre(gout_base, out_base, offs_k, k_mask, offs_d, d_mask, sgk, sgd, sok, sod, ACTIVATION)
-    tl.store(gbias_ptr + bi * D + offs_d, tl.sum(gpre, axis=0), mask=d_mask)
-    gpre_op = operand(gpre, w_ptr, UPCAST)
-    gadj_base = gadj_ptr + (bi * NUM_DB + db) * K * K
     gzw = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+    gbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for j0 in range(0, K, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         j_mask = offs_j < K
-        # gzw += adj[j chunk, :]^T gpre[j chunk]: the chunk's rows of adj, transposed to [BLOCK_K, BLOCK_J]
+        gpre_j = _grad_pre(gout_base, out_base, offs_j, j_mask, offs_d, d_mask, sgk, sgd, sok, sod, ACTIVATION)
+        gbias += tl.sum(gpre_j, axis=0)
+        # the chunk's rows of adj, transposed to [BLOCK_K, BLOCK_J]
         adj_t = tl.load(adj_ptr + offs_j[None, :] * sai + offs_k[:, None] * saj,
                         mask=k_mask[:, None] & j_mask[None, :], other=0.0)
-        gpre_j = _grad_pre(gout_base, out_base, offs_j, j_mask, offs_d, d_mask, sgk, sgd, sok, sod, ACTIVATION)
         gzw = tl.dot(operand(adj_t, w_ptr, UPCAST), operand(gpre_j, w_ptr, UPCAST), gzw, input_precision=PRECISION)
-        # gadj[:, j chunk] = gpre zw[j chunk]^T
+    tl.store(gbias_ptr + bi * D + offs_d, gbias, mask=d_mask)
+    tl.store(gzw_ptr + bi * K * D + offs_k[:, None] * D + offs_d[None, :], gzw,
+             mask=k_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def graph_conv_bwd_adj_kernel(
+    gout_ptr, out_ptr, z_ptr, w_ptr, gadj_ptr,
+    K, F, D, NUM_DB,
+    sgb, sgk, sgd, sob, sok, sod, szb, szk, szf, swf, swd,
+    ACTIVATION: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Per (D block, batch): the adjacency partial ``gadj[:, j] = gpre zw[j]^T`` into slot ``db`` of
+    ``[B, NUM_DB, K, K]`` (fp32), ``zw`` of each node chunk recomputed from ``z`` and ``w``."""
+    pid = tl.program_id(0)
+    num_db = tl.cdiv(D, BLOCK_D)
+    db = pid % num_db
+    bi = (pid // num_db).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    z_base = z_ptr + bi * szb
+    gpre = _grad_pre(gout_ptr + bi * sgb, out_ptr + bi * sob, offs_k, k_mask, offs_d, d_mask, sgk, sgd, sok, sod,
+                     ACTIVATION)
+    gpre_op = operand(gpre, w_ptr, UPCAST)
+    gadj_base = gadj_ptr + (bi * NUM_DB + db) * K * K
+    for j0 in range(0, K, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        j_mask = offs_j < K
         zw = _zw_rows(z_base, w_ptr, offs_j, j_mask, offs_d, d_mask, F, szk, szf, swf, swd,
                       BLOCK_J, BLOCK_F, BLOCK_D, UPCAST, PRECISION)
         gadj = tl.dot(gpre_op, tl.trans(operand(zw, w_ptr, UPCAST)), input_precision=PRECISION)
         tl.store(gadj_base + offs_k[:, None] * K + offs_j[None, :], gadj, mask=k_mask[:, None] & j_mask[None, :])
-    tl.store(gzw_ptr + bi * K * D + offs_k[:, None] * D + offs_d[None, :], gzw,
-             mask=k_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit

@@ -170,38 +170,55 @@ def _size_class(block_k: int) -> int:
     return 32 if block_k <= 32 else 128
 
 
+def _arch_class(target: Target) -> int:
+    """The tile table of a GPU: 90 (Hopper and newer: its dots keep fewer registers live) or 80."""
+    return 90 if target.arch >= 90 else 80
+
+
 # Pixel kernels (grm_project forward/backward, grm_reproject backward): (BLOCK_CO, BLOCK_P, num_warps), best
 # first; BLOCK_CO = 0 is FUSED (the block covers every channel, x loaded once per tile), allowed up to the
-# channel count given as the fourth entry. Keys: (kernel, "half" | "fp32", node table). fp16/bf16 tiles run
-# with 2 pipeline stages and 64-channel logit chunks (32 for more than 32 nodes); fp32 tiles (exact FMA dots)
-# with 1 stage and 32-channel chunks. Measured on sm_90 (registers per thread, Triton 3.8): every entry stays
-# below ~230 of the 255 registers, so it leaves room for sm_80 and other Triton versions.
-_PIXEL_TILES: dict[tuple[str, str, int], tuple[tuple[int, ...], ...]] = {
-    ("project_fwd", "half", 32): ((0, 32, 8, 512), (256, 64, 8), (128, 128, 8), (256, 32, 8), (128, 64, 8)),
-    ("project_fwd", "half", 128): ((128, 64, 8), (128, 32, 8), (64, 64, 8), (64, 128, 8)),
-    ("project_fwd", "fp32", 32): ((64, 32, 8), (64, 32, 4), (32, 32, 4)),
-    ("project_fwd", "fp32", 128): ((32, 32, 4), (64, 32, 8), (32, 32, 8)),
-    ("project_bwd", "half", 32): ((128, 64, 8), (128, 32, 8), (64, 64, 8), (64, 32, 8)),
-    ("project_bwd", "half", 128): ((128, 32, 8), (64, 32, 8), (32, 64, 8)),
-    ("project_bwd", "fp32", 32): ((64, 32, 8), (64, 16, 4), (32, 32, 4)),
-    ("project_bwd", "fp32", 128): ((64, 16, 8), (32, 16, 4)),
-    ("reproject_bwd", "half", 32): ((64, 64, 8), (128, 32, 8), (64, 32, 8)),
-    ("reproject_bwd", "half", 128): ((64, 32, 8), (32, 64, 8), (32, 32, 8)),
-    ("reproject_bwd", "fp32", 32): ((64, 32, 8), (32, 32, 8), (64, 16, 8)),
-    ("reproject_bwd", "fp32", 128): ((32, 32, 8), (32, 16, 8)),
+# channel count given as the fourth entry. Keys: (kernel, "half" | "fp32", node table, arch table). fp16/bf16
+# tiles run with 2 pipeline stages and 64-channel logit chunks (32 for more than 32 nodes); fp32 tiles (exact
+# FMA dots) with 1 stage and 32-channel chunks. Every entry was measured (Triton 3.6 and 3.8, maxnreg 255) at
+# no more than ~230 of the 255 registers a thread has, so none spills; tests/test_gpu_compile.py keeps it so.
+_PIXEL_TILES: dict[tuple[str, str, int, int], tuple[tuple[int, ...], ...]] = {
+    ("project_fwd", "half", 32, 90): ((0, 32, 8, 512), (256, 64, 8), (128, 128, 8), (256, 32, 8)),
+    ("project_fwd", "half", 128, 90): ((128, 64, 8), (128, 32, 8), (64, 64, 8), (64, 128, 8)),
+    ("project_fwd", "half", 32, 80): ((0, 32, 8, 512), (256, 32, 8), (128, 64, 8), (64, 128, 8)),
+    ("project_fwd", "half", 128, 80): ((128, 32, 8), (64, 64, 8), (64, 32, 8), (32, 64, 8)),
+    ("project_bwd", "half", 32, 90): ((128, 64, 8), (64, 64, 8), (64, 32, 8)),
+    ("project_bwd", "half", 128, 90): ((128, 32, 8), (64, 32, 8), (32, 64, 8), (32, 32, 8)),
+    ("project_bwd", "half", 32, 80): ((64, 32, 8), (32, 64, 8), (32, 32, 8)),
+    ("project_bwd", "half", 128, 80): ((32, 32, 8), (32, 64, 8)),
+    ("reproject_bwd", "half", 32, 90): ((64, 64, 8), (64, 32, 8), (128, 32, 8), (32, 32, 8)),
+    ("reproject_bwd", "half", 128, 90): ((64, 32, 8), (32, 32, 8), (32, 64, 8)),
+    ("reproject_bwd", "half", 32, 80): ((64, 32, 8), (32, 32, 8), (32, 64, 8)),
+    ("reproject_bwd", "half", 128, 80): ((32, 32, 8), (32, 16, 8)),
+    ("project_fwd", "fp32", 32, 90): ((64, 32, 8), (64, 32, 4), (32, 32, 4)),
+    ("project_fwd", "fp32", 128, 90): ((32, 32, 8), (64, 16, 8), (32, 32, 4)),
+    ("project_bwd", "fp32", 32, 90): ((32, 32, 8), (64, 16, 8), (32, 16, 8)),
+    ("project_bwd", "fp32", 128, 90): ((32, 16, 8), (16, 32, 8), (16, 16, 8)),
+    ("reproject_bwd", "fp32", 32, 90): ((64, 32, 8), (32, 32, 8), (64, 16, 8)),
+    ("reproject_bwd", "fp32", 128, 90): ((16, 16, 8),),
+    ("reproject_bwd", "fp32", 128, 80): ((32, 32, 8), (16, 16, 8)),
 }
+for _key in [k for k in _PIXEL_TILES if k[1] == "fp32" and k[3] == 90]:  # the fp32 FMA tiles: sm_80 as sm_90
+    _PIXEL_TILES.setdefault((*_key[:3], 80), _PIXEL_TILES[_key])
 # grm_reproject forward: (BLOCK_P, BLOCK_C, num_warps), BLOCK_C = 0 is FUSED up to the fourth entry's channels.
 _REPROJECT_FWD_TILES: dict[tuple[str, int], tuple[tuple[int, ...], ...]] = {
-    ("half", 32): ((64, 0, 8, 512), (32, 0, 8, 512), (128, 64, 8), (64, 64, 4)),
-    ("half", 128): ((128, 32, 8), (64, 32, 8), (32, 0, 8, 256)),
-    ("fp32", 32): ((64, 32, 4), (32, 32, 4), (64, 32, 8)),
-    ("fp32", 128): ((32, 32, 4), (32, 32, 8), (16, 32, 4)),
+    ("half", 32): ((32, 0, 8, 512), (128, 64, 8), (64, 64, 8), (64, 0, 8, 256)),
+    ("half", 128): ((128, 32, 8), (64, 64, 8), (64, 32, 8)),
+    ("fp32", 32): ((64, 32, 8), (32, 32, 8), (32, 32, 4)),
+    ("fp32", 128): ((64, 32, 8), (32, 32, 8), (16, 32, 4)),
 }
 #: Accumulator blocks ``[BLOCK_K, BLOCK_CO]`` per pixel kernel (stored through shared memory at the end).
 _PIXEL_ACCUMULATORS = {"project_fwd": 1, "project_bwd": 1, "reproject_bwd": 2}
 #: Operand chunks the logit loop loads per channel chunk: (node-side [BLOCK_K, BLOCK_C], pixel-side
 #: [BLOCK_C, BLOCK_P]) tiles.
 _PIXEL_CHUNKS = {"project_fwd": (1, 1), "project_bwd": (2, 1), "reproject_bwd": (2, 2)}
+#: The epilogue's dot operands per tile, in elements: ([BLOCK_K, BLOCK_P] tiles, [BLOCK_CO, BLOCK_P] tiles,
+#: [BLOCK_CO, BLOCK_K] tiles).
+_PIXEL_EPILOGUE = {"project_fwd": (1, 1, 0), "project_bwd": (2, 1, 2), "reproject_bwd": (2, 2, 1)}
 
 
 def _stages(dtype: torch.dtype) -> int:
@@ -213,23 +230,27 @@ def _chunk(block_k: int, dtype: torch.dtype) -> int:
 
 
 def _pixel_smem(kind: str, cfg: dict, block_k: int, esize: int) -> int:
-    """Upper bound of a split-kernel config's shared memory (bytes): the larger of the loop phase (pipelined
-    operand chunks, the softmax reduction over K and the epilogue's dot operands) and the final stores of the
-    fp32 accumulators (their layout conversion)."""
+    """Upper bound of a split-kernel config's shared memory (bytes), as if nothing were reused: the pipelined
+    operand chunks of the logit loop (FUSED: the whole-channel tiles, loaded once), the epilogue's dot operands,
+    the softmax reductions over K and the final stores of the fp32 accumulators (their layout conversion)."""
     co, bp, bc, stages = cfg["BLOCK_CO"], cfg["BLOCK_P"], cfg["BLOCK_C"], cfg["num_stages"]
     node, pix = _PIXEL_CHUNKS[kind]
     if cfg["FUSED"]:
-        chunks = stages * (pix * co * bp * esize) + node * block_k * co * esize
+        chunks = (pix * co * bp + node * block_k * co) * esize
     else:
-        chunks = stages * (node * block_k * bc + pix * bc * bp) * esize + pix * co * bp * esize
-    loop = chunks + 2 * block_k * bp * 4 + (2 * block_k * bp + co * bp) * esize + co * bp * 4
-    store = _PIXEL_ACCUMULATORS[kind] * block_k * co * 4
-    return max(loop, store)
+        chunks = stages * (node * block_k * bc + pix * bc * bp) * esize
+    kp, cp, ck = _PIXEL_EPILOGUE[kind]
+    epilogue = (kp * block_k * bp + cp * co * bp + ck * co * block_k) * esize
+    return chunks + epilogue + block_k * bp * 4 + _PIXEL_ACCUMULATORS[kind] * block_k * co * 4
+
+
+def _dtype_class(dtype: torch.dtype) -> str:
+    return "half" if _half(dtype) else "fp32"
 
 
 def _pixel_configs(kind: str, block_k: int, channels: int, dtype: torch.dtype, target: Target) -> list[dict]:
     """Configs of a split kernel (``kind``: "project_fwd", "project_bwd", "reproject_bwd"), best first: the
-    table's tiles for this dtype and node count that cover the channels (FUSED) and fit the target's shared
+    table's tiles for this dtype, node count and GPU that cover the channels (FUSED) and fit the target's shared
     memory. Under the interpreter: one config, large blocks (each program instance costs ~1 ms there)."""
     c_pow2 = max(16, _next_pow2(channels))
     if target.interpreter:
@@ -238,13 +259,12 @@ def _pixel_configs(kind: str, block_k: int, channels: int, dtype: torch.dtype, t
                  "num_warps": 4, "num_stages": 1}]
     esize = torch.empty((), dtype=dtype).element_size()
     out = []
-    for tile in _PIXEL_TILES[(kind, "half" if _half(dtype) else "fp32", _size_class(block_k))]:
+    table = _PIXEL_TILES[(kind, _dtype_class(dtype), _size_class(block_k), _arch_class(target))]
+    for tile in table:
         co, bp, warps = tile[:3]
         fused = co == 0
         if fused and c_pow2 > tile[3]:
             continue
-        if not fused and co >= c_pow2 and out:
-            continue  # a narrower block than the channels is the same work as a wider one: keep the first
         cfg = {"BLOCK_CO": c_pow2 if fused else min(co, c_pow2), "BLOCK_P": bp,
                "BLOCK_C": _chunk(block_k, dtype), "FUSED": fused, "num_warps": warps,
                "num_stages": _stages(dtype)}
@@ -257,10 +277,13 @@ def _pixel_configs(kind: str, block_k: int, channels: int, dtype: torch.dtype, t
 
 
 def _reproject_fwd_smem(cfg: dict, block_k: int, esize: int) -> int:
-    """Upper bound of a reprojection-forward config's shared memory (bytes), as :func:`_pixel_smem`."""
+    """Upper bound of a reprojection-forward config's shared memory (bytes), as :func:`_pixel_smem`: the two
+    channel loops' operand chunks (x and q, then x and v; FUSED: loaded once), the softmax weights as a dot
+    operand and the reductions over K."""
     bp, bc, stages = cfg["BLOCK_P"], cfg["BLOCK_C"], cfg["num_stages"]
-    chunks = stages * (block_k * bc + bc * bp) * esize + 2 * bc * block_k * esize
-    return chunks + 2 * block_k * bp * 4 + block_k * bp * esize + bc * bp * 4
+    per_chunk = (block_k * bc + bc * bp) * esize
+    chunks = (2 * per_chunk) if cfg["FUSED"] else 2 * stages * per_chunk
+    return chunks + block_k * bp * (esize + 4) + bc * bp * 4
 
 
 def _reproject_fwd_configs(block_k: int, channels: int, dtype: torch.dtype, target: Target) -> list[dict]:
@@ -273,7 +296,7 @@ def _reproject_fwd_configs(block_k: int, channels: int, dtype: torch.dtype, targ
                  "num_stages": 1}]
     esize = torch.empty((), dtype=dtype).element_size()
     out = []
-    for tile in _REPROJECT_FWD_TILES[("half" if _half(dtype) else "fp32", _size_class(block_k))]:
+    for tile in _REPROJECT_FWD_TILES[(_dtype_class(dtype), _size_class(block_k))]:
         bp, bc, warps = tile[:3]
         fused = bc == 0
         if fused and c_pow2 > tile[3]:
@@ -287,48 +310,59 @@ def _reproject_fwd_configs(block_k: int, channels: int, dtype: torch.dtype, targ
     return out
 
 
-# graph_conv: (BLOCK_D or BLOCK_F of the output block, the loop chunk, num_warps) per kernel and dtype class.
-# The node chunk BLOCK_J is 32 (16 for at most 16 nodes).
-_GRAPH_TILES: dict[tuple[str, str], tuple[tuple[int, int, int], ...]] = {
-    ("fwd", "half"): ((64, 64, 4), (128, 32, 8), (32, 64, 4)),
-    ("fwd", "fp32"): ((64, 32, 4), (32, 32, 4), (64, 32, 8)),
-    ("bwd_pre", "half"): ((64, 64, 8), (32, 64, 4), (64, 32, 4)),
-    ("bwd_pre", "fp32"): ((32, 32, 4), (64, 32, 8), (32, 32, 8)),
-    ("bwd_z", "half"): ((64, 32, 4), (128, 32, 8), (32, 64, 4)),
-    ("bwd_z", "fp32"): ((64, 32, 4), (32, 32, 4), (64, 32, 8)),
-    ("bwd_w", "half"): ((64, 64, 4), (128, 64, 8), (64, 128, 8), (32, 64, 4)),
-    ("bwd_w", "fp32"): ((64, 64, 8), (64, 32, 4), (32, 64, 4)),
+# graph_conv: (output block, loop chunk, num_warps[, BLOCK_J]) per kernel and dtype class; the output block and
+# loop chunk are the constexprs _GRAPH_NAMES gives. The node chunk BLOCK_J is 32 unless the entry says (16 for
+# at most 16 nodes).
+_GRAPH_TILES: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {
+    ("fwd", "half"): ((64, 64, 8), (64, 32, 8), (128, 32, 8)),
+    ("fwd", "fp32"): ((64, 32, 8), (32, 32, 8), (128, 32, 8)),
+    ("bwd_pre", "half"): ((64, 0, 8), (32, 0, 8), (128, 0, 8)),
+    ("bwd_pre", "fp32"): ((64, 0, 8), (32, 0, 8), (32, 0, 4)),
+    ("bwd_adj", "half"): ((64, 64, 8), (32, 32, 8), (64, 32, 8)),
+    ("bwd_adj", "fp32"): ((32, 32, 8), (16, 32, 8), (32, 64, 8, 16)),
+    ("bwd_z", "half"): ((64, 32, 8), (128, 32, 8), (64, 64, 8)),
+    ("bwd_z", "fp32"): ((64, 32, 8), (32, 32, 8)),
+    ("bwd_w", "half"): ((64, 64, 8), (128, 32, 8), (64, 64, 4)),
+    ("bwd_w", "fp32"): ((64, 64, 8), (64, 32, 8), (32, 64, 4)),
 }
-#: Which constexpr each graph_conv kernel's table entries name: (output block, loop chunk).
-_GRAPH_NAMES = {"fwd": ("BLOCK_D", "BLOCK_F"), "bwd_pre": ("BLOCK_D", "BLOCK_F"), "bwd_z": ("BLOCK_F", "BLOCK_D"),
-                "bwd_w": ("BLOCK_F", "BLOCK_D")}
+#: The constexprs each graph_conv kernel's table entries name: (output block, loop chunk or None).
+_GRAPH_NAMES = {"fwd": ("BLOCK_D", "BLOCK_F"), "bwd_pre": ("BLOCK_D", None), "bwd_adj": ("BLOCK_D", "BLOCK_F"),
+                "bwd_z": ("BLOCK_F", "BLOCK_D"), "bwd_w": ("BLOCK_F", "BLOCK_D")}
 
 
 def _graph_smem(kind: str, cfg: dict, block_k: int, esize: int) -> int:
-    """Upper bound of a graph_conv config's shared memory (bytes): pipelined operand chunks plus the fp32 output
-    block's conversion."""
+    """Upper bound of a graph_conv config's shared memory (bytes), as if nothing were reused: the pipelined
+    operand chunks, the dot operands computed in registers and the fp32 output block's conversion."""
     bj, st = cfg.get("BLOCK_J", 32), cfg["num_stages"]
-    bf, bd = cfg["BLOCK_F"], cfg["BLOCK_D"]
-    if kind in ("fwd", "bwd_pre"):
-        loop = st * (bj * bf + bf * bd) * esize + (block_k * bj + bj * bd) * 4 * 2
-        return loop + 2 * block_k * bd * 4
+    bf, bd = cfg.get("BLOCK_F", 0), cfg.get("BLOCK_D", 0)
+    if kind == "fwd":
+        return st * (bj * bf + bf * bd) * esize + (block_k * bj + bj * bd) * esize + (block_k + bj) * bd * 4
+    if kind == "bwd_pre":
+        return st * (block_k * bj + 2 * bj * bd) * esize + (block_k * bj + bj * bd) * esize + block_k * bd * 4
+    if kind == "bwd_adj":
+        return (st * (bj * bf + bf * bd) * esize + (block_k * bd + bj * bd) * esize + block_k * bj * 4
+                + bj * bd * 4)
     if kind == "bwd_z":
-        return st * (block_k * bd * 4 + bd * bf * esize) + block_k * bf * 4
-    return st * (bf * bj * esize + bj * bd * 4) + bf * bd * 4
+        return st * (block_k * bd * 4 + bd * bf * esize) + (block_k * bd + bd * bf) * esize + block_k * bf * 4
+    return st * (bf * bj * esize + bj * bd * 4) + (bf * bj + bj * bd) * esize + bf * bd * 4
 
 
 def _graph_configs(kind: str, block_k: int, dtype: torch.dtype, target: Target) -> list[dict]:
-    """Configs of a graph_conv kernel (``kind``: "fwd", "bwd_pre", "bwd_z", "bwd_w"), best first."""
-    block_j = 16 if block_k <= 16 else 32
-    chunked = {} if kind == "bwd_z" else {"BLOCK_J": block_k if target.interpreter else block_j}
+    """Configs of a graph_conv kernel (``kind``: "fwd", "bwd_pre", "bwd_adj", "bwd_z", "bwd_w"), best first."""
+    chunked = kind != "bwd_z"
     if target.interpreter:  # one node chunk: fewer, larger operations
-        return [{"BLOCK_F": 64, "BLOCK_D": 64, **chunked, "num_warps": 4, "num_stages": 1}]
+        first, second = _GRAPH_NAMES[kind]
+        cfg = {first: 64, **({second: 64} if second else {}), "num_warps": 4, "num_stages": 1}
+        return [{**cfg, "BLOCK_J": block_k} if chunked else cfg]
     esize = torch.empty((), dtype=dtype).element_size()
     first, second = _GRAPH_NAMES[kind]
     out = []
-    for blk, chunk, warps in _GRAPH_TILES[(kind, "half" if _half(dtype) else "fp32")]:
-        cfg = {first: blk, second: chunk, **chunked, "num_warps": warps, "num_stages": _stages(dtype)}
-        if _graph_smem(kind, cfg, block_k, esize) <= target.smem:
+    for tile in _GRAPH_TILES[(kind, _dtype_class(dtype))]:
+        blk, chunk, warps = tile[:3]
+        cfg = {first: blk, **({second: chunk} if second else {}), "num_warps": warps, "num_stages": _stages(dtype)}
+        if chunked:
+            cfg["BLOCK_J"] = 16 if block_k <= 16 else (tile[3] if len(tile) > 3 else 32)
+        if _graph_smem(kind, cfg, block_k, esize) <= target.smem and cfg not in out:
             out.append(cfg)
     if not out:
         raise RuntimeError(f"grmseg triton: no graph_conv {kind} config fits sm_{target.arch}")
@@ -527,23 +561,27 @@ def graph_conv_backward(
     target = _tl.target_of(z.device)
     block_k = _block_k(k)
     common = _common(z, target)
-    pre_configs = _graph_configs("bwd_pre", block_k, z.dtype, target)
+    act = _ACTIVATION_CODE[activation]
+    adj_configs = _graph_configs("bwd_adj", block_k, z.dtype, target)
     # the adjacency partials have a slot per D block of the narrowest config; a wider one leaves slots at 0
-    num_db = max(_cdiv(d, cfg["BLOCK_D"]) for cfg in pre_configs)
+    num_db = max(_cdiv(d, cfg["BLOCK_D"]) for cfg in adj_configs)
     gzw = torch.empty(bsz, k, d, device=z.device, dtype=torch.float32)
     gadj_part = torch.zeros(bsz, num_db, k, k, device=z.device, dtype=torch.float32)
     gbias_part = torch.empty(bsz, d, device=z.device, dtype=torch.float32)
     gz = torch.empty(bsz, k, f, device=z.device, dtype=z.dtype)
     gweight = torch.empty(f, d, device=z.device, dtype=weight.dtype)
     shapes = (k, f, d, str(z.dtype))
+    grad_strides = (gout.stride(0), gout.stride(1), gout.stride(2), out.stride(0), out.stride(1), out.stride(2))
     with _device_guard(z):
-        pre_args = (gout, out, z, adj, weight, gzw, gadj_part, gbias_part, bsz, k, f, d, num_db,
-                    gout.stride(0), gout.stride(1), gout.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                    z.stride(0), z.stride(1), z.stride(2), adj.stride(0), adj.stride(1), weight.stride(0),
-                    weight.stride(1))
-        _tl.launch(_GRAPH, "graph_conv_bwd_pre_kernel", lambda m: (_cdiv(d, m["BLOCK_D"]) * bsz,), pre_args,
-                   {"ACTIVATION": _ACTIVATION_CODE[activation], "BLOCK_K": block_k, **common}, pre_configs,
-                   target, key=("K", "F", "D"), launch_key=shapes)
+        _tl.launch(_GRAPH, "graph_conv_bwd_pre_kernel", lambda m: (_cdiv(d, m["BLOCK_D"]) * bsz,),
+                   (gout, out, adj, weight, gzw, gbias_part, k, d, *grad_strides, adj.stride(0), adj.stride(1)),
+                   {"ACTIVATION": act, "BLOCK_K": block_k, **common},
+                   _graph_configs("bwd_pre", block_k, z.dtype, target), target, key=("K", "D"), launch_key=shapes)
+        _tl.launch(_GRAPH, "graph_conv_bwd_adj_kernel", lambda m: (_cdiv(d, m["BLOCK_D"]) * bsz,),
+                   (gout, out, z, weight, gadj_part, k, f, d, num_db, *grad_strides,
+                    z.stride(0), z.stride(1), z.stride(2), weight.stride(0), weight.stride(1)),
+                   {"ACTIVATION": act, "BLOCK_K": block_k, **common}, adj_configs, target, key=("K", "F", "D"),
+                   launch_key=shapes)
         _tl.launch(_GRAPH, "graph_conv_bwd_z_kernel", lambda m: (_cdiv(f, m["BLOCK_F"]) * bsz,),
                    (gzw, weight, gz, k, f, d, weight.stride(0), weight.stride(1)), {"BLOCK_K": block_k, **common},
                    _graph_configs("bwd_z", block_k, z.dtype, target), target, key=("K", "F", "D"),

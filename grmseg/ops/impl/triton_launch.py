@@ -133,9 +133,26 @@ def autotune_on(target: Target) -> bool:
     return not target.interpreter and os.environ.get(_AUTOTUNE_ENV, "1") != "0"
 
 
-def _split(cfg: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
-    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
-    return meta, int(cfg.get("num_warps", 4)), int(cfg.get("num_stages", 2))
+_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+
+
+def _split(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A config's constexprs and its compile options (num_warps, num_stages, maxnreg when set)."""
+    meta = {k: v for k, v in cfg.items() if k not in _OPTIONS}
+    options = {"num_warps": int(cfg.get("num_warps", 4)), "num_stages": int(cfg.get("num_stages", 2))}
+    if cfg.get("maxnreg"):
+        options["maxnreg"] = int(cfg["maxnreg"])
+    return meta, options
+
+
+def with_register_cap(configs: Sequence[dict[str, Any]], target: Target) -> list[dict[str, Any]]:
+    """GPU configs with ``maxnreg`` set to what a thread may have (255 up to 8 warps). Without the explicit cap
+    ptxas sometimes limits a kernel to 80 or 128 registers and spills (or to 32, with kilobytes of local memory);
+    with it a kernel that fits in 255 registers gets them."""
+    if target.interpreter:
+        return [dict(c) for c in configs]
+    return [{"maxnreg": min(MAX_REGS_PER_THREAD, REGS_PER_SM // (32 * int(c.get("num_warps", 4)))), **c}
+            for c in configs]
 
 
 @functools.cache
@@ -155,8 +172,8 @@ def _autotuner(module: str, name: str, configs: tuple, key: tuple[str, ...]) -> 
 
     cfgs = []
     for c in configs:
-        meta, num_warps, num_stages = _split(dict(c))
-        cfgs.append(triton.Config(meta, num_warps=num_warps, num_stages=num_stages))
+        meta, options = _split(dict(c))
+        cfgs.append(triton.Config(meta, **options))
     return triton.autotune(configs=cfgs, key=list(key))(_kernel(module, name))
 
 
@@ -196,6 +213,7 @@ def launch(
     """
     if not configs:
         raise ValueError(f"launch of {kernel}: no config to choose from")
+    configs = with_register_cap(configs, target)
     tuned = autotune_on(target) and len(configs) > 1
     if _recorder is not None:
         chosen = list(configs) if tuned else [dict(configs[0])]
@@ -211,9 +229,9 @@ def launch(
     start = _fixed_choice.get(memo, 0)
     errors = _out_of_resources()
     for i in range(start, len(configs)):
-        meta, num_warps, num_stages = _split(dict(configs[i]))
+        meta, options = _split(dict(configs[i]))
         try:
-            fn[grid(configs[i])](*args, **constexprs, **meta, num_warps=num_warps, num_stages=num_stages)
+            fn[grid(configs[i])](*args, **constexprs, **meta, **options)
         except errors:
             if i + 1 == len(configs):
                 raise
@@ -221,3 +239,22 @@ def launch(
         if i != start:
             _fixed_choice[memo] = i
         return
+
+
+def is_recording() -> bool:
+    """Whether launches are being recorded (inside :func:`recording`), not run."""
+    return _recorder is not None
+
+
+def launcher(module: str, kernel: str, config: dict[str, Any], target: Target) -> Callable[..., None]:
+    """``run(grid, *args)``: repeated launches of one kernel with one fixed config and little Python per call
+    (the random walk launches a pass kernel per step). Inside :func:`recording` each call is recorded."""
+    if _recorder is not None:
+        return lambda grid, *args: launch(module, kernel, lambda _: grid, args, {}, [config], target, key=())
+    fn = _kernel(module, kernel)
+    meta, options = _split(with_register_cap([config], target)[0])
+
+    def run(grid: tuple[int, ...], *args: Any) -> None:
+        fn[grid](*args, **meta, **options)
+
+    return run
