@@ -16,8 +16,7 @@ from grmseg import reference as ref
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("k", [21, 81])
+@pytest.mark.parametrize(("dtype", "k"), [(torch.bfloat16, 21), (torch.float32, 81)], ids=["bf16-K21", "fp32-K81"])
 def test_cuda_autotuned_grm_kernels_match_reference(monkeypatch, dtype, k):
     monkeypatch.setenv("GRMSEG_TRITON_AUTOTUNE", "1")
     gen = torch.Generator(device="cuda").manual_seed(k)

@@ -13,7 +13,7 @@ then ``pre += adj[:, chunk] zw[chunk]``; bias and activation in registers. Backw
 (1) per (block of D, batch): ``gzw += adj[chunk]^T gpre[chunk]`` over the node chunks into an fp32 scratch
 ``[B, K, D]``, and the bias partial ``[B, D]``; (2) per (block of D, batch): ``gpre`` of all nodes and, recomputing
 ``zw`` chunk by chunk, the adjacency partial ``gadj[:, chunk] = gpre zw[chunk]^T`` into slot ``db`` of
-``[B, NUM_DB, K, K]`` (the adapter zeroes the buffer, so slots a wider D block leaves out add nothing);
+``[B, NUM_DB, K, K]`` (every slot written: NUM_DB = cdiv(D, BLOCK_D));
 (3) ``gz`` per (block of F, batch); (4) ``gweight`` per (block of F, block of D), summing over the batch and
 the node chunks in order. Partials are summed by the adapter in a fixed order. (1) and (2) are separate so
 that neither holds more than three ``[BLOCK_K, BLOCK_*]`` blocks: fused, fp32 at 128 nodes did not fit the

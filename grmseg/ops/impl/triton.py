@@ -318,8 +318,8 @@ _GRAPH_TILES: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {
     ("fwd", "fp32"): ((64, 32, 8), (32, 32, 8), (128, 32, 8)),
     ("bwd_pre", "half"): ((64, 0, 8), (32, 0, 8), (128, 0, 8)),
     ("bwd_pre", "fp32"): ((64, 0, 8), (32, 0, 8), (32, 0, 4)),
-    ("bwd_adj", "half"): ((64, 64, 8), (32, 32, 8), (64, 32, 8)),
-    ("bwd_adj", "fp32"): ((32, 32, 8), (16, 32, 8), (32, 64, 8, 16)),
+    ("bwd_adj", "half"): ((64, 64, 8), (64, 32, 8), (64, 32, 4)),  # one BLOCK_D: it sets the partials' shape
+    ("bwd_adj", "fp32"): ((32, 32, 8), (32, 64, 8, 16), (32, 16, 8)),
     ("bwd_z", "half"): ((64, 32, 8), (128, 32, 8), (64, 64, 8)),
     ("bwd_z", "fp32"): ((64, 32, 8), (32, 32, 8)),
     ("bwd_w", "half"): ((64, 64, 8), (128, 32, 8), (64, 64, 4)),
@@ -563,10 +563,12 @@ def graph_conv_backward(
     common = _common(z, target)
     act = _ACTIVATION_CODE[activation]
     adj_configs = _graph_configs("bwd_adj", block_k, z.dtype, target)
-    # the adjacency partials have a slot per D block of the narrowest config; a wider one leaves slots at 0
-    num_db = max(_cdiv(d, cfg["BLOCK_D"]) for cfg in adj_configs)
+    # The adjacency partials have a slot per D block: every candidate has the first one's BLOCK_D, so the slots
+    # any config writes are the same (an autotuning run of another width would leave stale slots behind).
+    adj_configs = [cfg for cfg in adj_configs if cfg["BLOCK_D"] == adj_configs[0]["BLOCK_D"]]
+    num_db = _cdiv(d, adj_configs[0]["BLOCK_D"])
     gzw = torch.empty(bsz, k, d, device=z.device, dtype=torch.float32)
-    gadj_part = torch.zeros(bsz, num_db, k, k, device=z.device, dtype=torch.float32)
+    gadj_part = torch.empty(bsz, num_db, k, k, device=z.device, dtype=torch.float32)
     gbias_part = torch.empty(bsz, d, device=z.device, dtype=torch.float32)
     gz = torch.empty(bsz, k, f, device=z.device, dtype=z.dtype)
     gweight = torch.empty(f, d, device=z.device, dtype=weight.dtype)
