@@ -13,8 +13,8 @@ every kernel's registers, spills and static shared memory parsed from the ptxas 
 Results are cached on disk, keyed by everything that decides them (kernel source, job, architecture, compiler
 version): ``$GRMSEG_COMPILE_CACHE``, else ``~/.cache/grmseg/compile-check`` (never in the repository).
 
-Run as ``python tests/compile_check.py worker JOBS.json RESULTS.json`` (what the parent does), or
-``python tests/compile_check.py report`` to print every Triton launch of the test's shapes with its resources.
+The parent runs ``python tests/compile_check.py worker JOBS.json RESULTS.json`` (``GRMSEG_COMPILE_JOBS`` of them
+at once, default 2); ``format_results`` prints a table of jobs and their resources.
 """
 
 from __future__ import annotations

@@ -26,6 +26,14 @@ typedef long long int64_t;
 namespace grmseg_kernels {
 
 constexpr int kThreads = 256;
+// Blocks per SM the register allocation must allow (2 x 48 KiB of shared memory fit every GPU since sm_80).
+// Stated, because without it ptxas held reproject_forward_kernel<float> to 32 registers on sm_80 and spilled.
+constexpr int kMinBlocks = 2;
+#ifdef __CUDACC__  // nvcc and NVRTC; a host compiler (the CPU emulation of these kernels) has no launch bounds
+#define GRMSEG_KERNEL_BOUNDS __launch_bounds__(grmseg_kernels::kThreads, grmseg_kernels::kMinBlocks)
+#else
+#define GRMSEG_KERNEL_BOUNDS
+#endif
 constexpr int kChanChunk = 32;  // channels of x / gy staged in shared memory at a time
 
 __device__ __forceinline__ float exp_acc(float v) { return expf(v); }
@@ -175,7 +183,7 @@ __device__ __forceinline__ void chunk_range(int64_t block, int64_t chunks, int64
 // -------------------------------------------------------------------------------------------- grm_project_forward
 // Partials: h [blocks][K][C] (zeroed by the host), m [blocks][K].
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void GRMSEG_KERNEL_BOUNDS
     project_forward_kernel(const scalar_t* __restrict__ x, int64_t sb, int64_t sc, int64_t sp,
                            const acc_t* __restrict__ w, const acc_t* __restrict__ bias, acc_t* __restrict__ part_h,
                            acc_t* __restrict__ part_m, int64_t C, int64_t P, int K, int tile, int64_t chunk_px,
@@ -221,7 +229,7 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------------------------------ grm_project_backward
 // Partials: gw [blocks][K][C] (zeroed by the host), gb [blocks][K].
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void GRMSEG_KERNEL_BOUNDS
     project_backward_kernel(const scalar_t* __restrict__ x, int64_t sb, int64_t sc, int64_t sp,
                             const acc_t* __restrict__ w, const acc_t* __restrict__ bias,
                             const acc_t* __restrict__ gh, const acc_t* __restrict__ gm, scalar_t* __restrict__ gx,
@@ -283,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // ----------------------------------------------------------------------------------------- grm_reproject_forward
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void GRMSEG_KERNEL_BOUNDS
     reproject_forward_kernel(const scalar_t* __restrict__ x, int64_t sb, int64_t sc, int64_t sp,
                              const acc_t* __restrict__ q, const acc_t* __restrict__ v, scalar_t* __restrict__ y,
                              int64_t C, int64_t P, int K, int tile, int64_t chunk_px, int64_t chunks) {
@@ -332,7 +340,7 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------- grm_reproject_backward
 // Partials: gq, gv [blocks][K][C] (zeroed by the host).
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void GRMSEG_KERNEL_BOUNDS
     reproject_backward_kernel(const scalar_t* __restrict__ gy, int64_t gsb, int64_t gsc, int64_t gsp,
                               const scalar_t* __restrict__ x, int64_t sb, int64_t sc, int64_t sp,
                               const acc_t* __restrict__ q, const acc_t* __restrict__ v, scalar_t* __restrict__ gx,
@@ -394,7 +402,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // dst[gi][r] = sum_j src[gi][j][r] for j < chunks, in order, cast to the output dtype.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void GRMSEG_KERNEL_BOUNDS
     reduce_chunks_kernel(const acc_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t groups, int64_t n,
                          int64_t chunks) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < groups * n;
