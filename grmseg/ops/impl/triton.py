@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -221,6 +222,14 @@ _PIXEL_CHUNKS = {"project_fwd": (1, 1), "project_bwd": (2, 1), "reproject_bwd": 
 _PIXEL_EPILOGUE = {"project_fwd": (1, 1, 0), "project_bwd": (2, 1, 2), "reproject_bwd": (2, 2, 1)}
 
 
+def _fitting(configs: list[dict], smem: Callable[[dict], int], target: Target) -> list[dict]:
+    """The configs whose shared-memory estimate fits the target, in order; when none does (a GPU with less shared
+    memory than the tables were made for, such as sm_86's 101376 B), the one of the smallest estimate: the
+    estimates are upper bounds, and the fixed choice falls back further if the GPU refuses it."""
+    fit = [cfg for cfg in configs if smem(cfg) <= target.smem]
+    return fit or [min(configs, key=smem)]
+
+
 def _stages(dtype: torch.dtype) -> int:
     return 2 if _half(dtype) else 1
 
@@ -268,12 +277,9 @@ def _pixel_configs(kind: str, block_k: int, channels: int, dtype: torch.dtype, t
         cfg = {"BLOCK_CO": c_pow2 if fused else min(co, c_pow2), "BLOCK_P": bp,
                "BLOCK_C": _chunk(block_k, dtype), "FUSED": fused, "num_warps": warps,
                "num_stages": _stages(dtype)}
-        if _pixel_smem(kind, cfg, block_k, esize) <= target.smem and cfg not in out:
+        if cfg not in out:
             out.append(cfg)
-    if not out:
-        raise RuntimeError(f"grmseg triton: no {kind} config fits sm_{target.arch} ({target.smem} B of shared "
-                           f"memory) for {block_k} nodes in {dtype}")
-    return out
+    return _fitting(out, lambda cfg: _pixel_smem(kind, cfg, block_k, esize), target)
 
 
 def _reproject_fwd_smem(cfg: dict, block_k: int, esize: int) -> int:
@@ -303,11 +309,9 @@ def _reproject_fwd_configs(block_k: int, channels: int, dtype: torch.dtype, targ
             continue
         cfg = {"BLOCK_P": bp, "BLOCK_C": c_pow2 if fused else min(bc, c_pow2), "FUSED": fused,
                "num_warps": warps, "num_stages": _stages(dtype)}
-        if _reproject_fwd_smem(cfg, block_k, esize) <= target.smem and cfg not in out:
+        if cfg not in out:
             out.append(cfg)
-    if not out:
-        raise RuntimeError(f"grmseg triton: no grm_reproject forward config fits sm_{target.arch}")
-    return out
+    return _fitting(out, lambda cfg: _reproject_fwd_smem(cfg, block_k, esize), target)
 
 
 # graph_conv: (output block, loop chunk, num_warps[, BLOCK_J]) per kernel and dtype class; the output block and
@@ -362,11 +366,9 @@ def _graph_configs(kind: str, block_k: int, dtype: torch.dtype, target: Target) 
         cfg = {first: blk, **({second: chunk} if second else {}), "num_warps": warps, "num_stages": _stages(dtype)}
         if chunked:
             cfg["BLOCK_J"] = 16 if block_k <= 16 else (tile[3] if len(tile) > 3 else 32)
-        if _graph_smem(kind, cfg, block_k, esize) <= target.smem and cfg not in out:
+        if cfg not in out:
             out.append(cfg)
-    if not out:
-        raise RuntimeError(f"grmseg triton: no graph_conv {kind} config fits sm_{target.arch}")
-    return out
+    return _fitting(out, lambda cfg: _graph_smem(kind, cfg, block_k, esize), target)
 
 
 def _reduce(part: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:
