@@ -294,15 +294,20 @@ def nvcc_path() -> str | None:
 
 
 def nvcc_flags() -> list[str]:
-    """The include paths and defines of setup.py's CUDA build (torch, the CUDA wheels' headers, the generated
-    build-info header is not needed by device code)."""
+    """The flags, include paths and defines of setup.py's CUDA build (torch's common nvcc flags, torch's and the
+    CUDA wheels' headers; the generated build-info header is not needed by device code)."""
     import sysconfig
 
     import torch
+
+    nvcc = nvcc_path()
+    if nvcc and not os.environ.get("CUDA_HOME"):  # torch.utils.cpp_extension looks for it at import
+        os.environ["CUDA_HOME"] = str(Path(nvcc).resolve().parents[1])
+    from torch.utils import cpp_extension
     from torch.utils.cpp_extension import include_paths
 
-    sys.path.insert(0, str(ROOT))
-    flags = ["-O3", "--expt-relaxed-constexpr", "-std=c++20", f"-I{ROOT / 'csrc'}",
+    flags = [*getattr(cpp_extension, "COMMON_NVCC_FLAGS", []), "-O3", "--expt-relaxed-constexpr", "-lineinfo",
+             "-std=c++20", f"-I{ROOT / 'csrc'}",
              f"-I{ROOT / 'build' / 'grmseg-generated'}", f"-I{sysconfig.get_paths()['include']}",
              "-DGRMSEG_WITH_CUDA", "-DGRMSEG_PYTHON_MODULE"]
     flags += [f"-I{p}" for p in include_paths()]
