@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmarks.cases import DTYPES, OPS, SIZE_SETS
+from benchmarks.cases import DTYPES, OPS, PHASES, SIZE_SETS
 from benchmarks.providers import COMPILED
 from benchmarks.report import format_table
 from benchmarks.runner import BenchConfig, run
@@ -31,6 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p.add_argument("--ops", type=_csv, metavar="A,B", help=f"ops to run (default all: {','.join(OPS)})")
     p.add_argument("--dtype", type=_csv, metavar="D,E", dest="dtypes",
                    help=f"dtypes replacing each shape's own ({', '.join(sorted(set(DTYPES)))})")
+    p.add_argument("--phases", type=_csv, metavar="P,Q",
+                   help=f"phases to keep ({', '.join(PHASES)}; default: every op's own)")
     p.add_argument("--providers", type=_csv, metavar="P,Q",
                    help="providers to keep (default: every available backend, plus reference+compile)")
     p.add_argument("--sizes", choices=sorted(SIZE_SETS), help="size set (default: the device type's)")
@@ -57,8 +59,12 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     for name in a.dtypes or ():
         if name not in DTYPES:
             p.error(f"unknown dtype {name!r}; choose from {', '.join(sorted(DTYPES))}")
+    for name in a.phases or ():
+        if name not in PHASES:
+            p.error(f"unknown phase {name!r}; choose from {', '.join(PHASES)}")
     config = BenchConfig(
-        device=a.device, sizes=a.sizes, quick=a.quick, ops=a.ops, dtypes=a.dtypes, providers=a.providers,
+        device=a.device, sizes=a.sizes, quick=a.quick, ops=a.ops, dtypes=a.dtypes, phases=a.phases,
+        providers=a.providers,
         repeats=a.repeats, threads=a.threads,
         compile=a.compile, memory=a.memory, peak_bandwidth_gbps=a.peak_bandwidth_gbps, out=a.out,
     )

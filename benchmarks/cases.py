@@ -328,6 +328,19 @@ SIZE_SETS: dict[str, SizeSet] = {
         },
         dense_max_pixels=64 * 64,
     ),
+    # The issue's headline rows only (make gpu-check-quick): the GRM layer forward + backward and the projection /
+    # reprojection forward in bf16 at B=8, C=512, 64x64, K=21, and the 256-step random walk at 128x128, K=21
+    # (no dense reference: its 16384 x 16384 matrix powers alone take longer than the quick check's budget).
+    "headline": SizeSet(
+        "headline",
+        {
+            "grm_layer": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": 21}, ("bf16",))],
+            "grm_project": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": 21}, ("bf16",))],
+            "grm_reproject": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": 21}, ("bf16",))],
+            "random_walk": [({"B": 1, "K": 21, "H": 128, "W": 128, **_WALK}, _FP32)],
+        },
+        dense_max_pixels=64 * 64,
+    ),
     # Tiny: exercises every code path in seconds (the test suite runs this).
     "quick": SizeSet(
         "quick",
@@ -425,13 +438,21 @@ def grm_layer_available() -> tuple[bool, str]:
 
 
 def make_cases(
-    size_set: SizeSet, ops: Iterable[str] | None = None, dtypes: Iterable[str] | None = None
+    size_set: SizeSet,
+    ops: Iterable[str] | None = None,
+    dtypes: Iterable[str] | None = None,
+    phases: Iterable[str] | None = None,
 ) -> list[Case]:
-    """Every case of ``size_set`` for ``ops`` (all when None), in ``dtypes`` (each shape's own when None).
+    """Every case of ``size_set`` for ``ops`` (all when None), in ``dtypes`` (each shape's own when None), in
+    ``phases`` (each op's own when None; an op none of whose phases is asked for is left out).
 
     Raises:
-        ValueError: for an unknown op or dtype name.
+        ValueError: for an unknown op, dtype or phase name.
     """
+    keep_phases = None if phases is None else list(phases)
+    for ph in keep_phases or ():
+        if ph not in PHASES:
+            raise ValueError(f"unknown phase {ph!r}; choose from {list(PHASES)}")
     names = list(OPS) if ops is None else list(ops)
     unknown = [n for n in names if n not in OPS]
     if unknown:
@@ -446,5 +467,7 @@ def make_cases(
         for params, own_dtypes in size_set.shapes.get(name, []):
             for dname in dtype_override or own_dtypes:
                 for phase in op.phases():
+                    if keep_phases is not None and phase not in keep_phases:
+                        continue
                     cases.append(Case(op, phase, dict(params), DTYPES[dname], size_set.dense_max_pixels))
     return cases

@@ -34,6 +34,7 @@ class BenchConfig:
         quick: tiny sizes and few repeats (the test suite's run).
         ops: op names to run (None: all of ``benchmarks.cases.OPS``).
         dtypes: dtype names that replace each shape's own (None: the size set's).
+        phases: phases to run (None: every op's own; e.g. ``["fwd", "fwd+bwd"]``).
         providers: provider names to keep (None: every backend available here, plus ``reference+compile``).
         repeats: timed runs per row (None: 100 on CUDA, 20 on the CPU, 3 with ``quick``).
         threads: ``torch.set_num_threads`` for the run (None: left as it is).
@@ -49,6 +50,7 @@ class BenchConfig:
     quick: bool = False
     ops: list[str] | None = None
     dtypes: list[str] | None = None
+    phases: list[str] | None = None
     providers: list[str] | None = None
     repeats: int | None = None
     threads: int | None = None
@@ -161,7 +163,7 @@ def run(config: BenchConfig) -> rep.Report:
         if not ok:
             ops.remove("grm_layer")
             report.notes.append(why)
-    cases = make_cases(SIZE_SETS[size_name], ops, config.dtypes)
+    cases = make_cases(SIZE_SETS[size_name], ops, config.dtypes, config.phases)
     providers = prov.discover(device, compile=config.compile)
     if config.providers:
         names = [p.name for p in providers]
