@@ -170,6 +170,7 @@ struct Lattice {
   Buf<int64_t> seg;      // [M + 1]: CSR of the entries of each lattice point, in entry order
   Buf<int32_t> seg_pix;  // [N (d+1)]: pixel of each CSR entry
   Buf<float> seg_w;      // [N (d+1)]: barycentric weight; splat weight n_i bary after finish()
+  std::vector<int64_t> parts;  // splat tasks: point ranges [parts[t], parts[t + 1]) of about equal entry counts
 };
 
 // Exclusive prefix sum of counts[0, n) into out[0, n] in fixed chunks (the same for any thread count).
@@ -410,6 +411,13 @@ Lattice build_lattice(const float* feat, int64_t N, int d, const char* who) {
       }
     }
   });
+  // splat tasks of about kSplatTask entries each (a point's entries vary from 1 to thousands)
+  constexpr int64_t kSplatTask = 1 << 14;
+  L.parts.push_back(0);
+  for (int64_t m = 0; m < M; ++m) {
+    if (L.seg[m + 1] - L.seg[L.parts.back()] >= kSplatTask) L.parts.push_back(m + 1);
+  }
+  if (L.parts.back() != M) L.parts.push_back(M);
   return L;
 }
 
@@ -489,9 +497,12 @@ GRMSEG_CRF_CLONES void blur_rows(const Lattice& L, int j, const float* src, floa
 
 // splat + blur of in [N][Kp]: returns the buffer (a or b, each [M + 1][Kp] with a zero row 0) holding the result.
 float* splat_blur(const Lattice& L, const float* in, float* a, float* b, int64_t Kp) {
-  at::parallel_for(0, L.M, 64, [&](int64_t s, int64_t e) { splat_rows(L, in, a, Kp, s, e); });
+  const int64_t tasks = static_cast<int64_t>(L.parts.size()) - 1;
+  at::parallel_for(0, tasks, 1, [&](int64_t s, int64_t e) {
+    if (s < e) splat_rows(L, in, a, Kp, L.parts[s], L.parts[e]);
+  });
   for (int j = 0; j <= L.d; ++j) {
-    at::parallel_for(0, L.M, 128, [&](int64_t s, int64_t e) { blur_rows(L, j, a, b, Kp, s, e); });
+    at::parallel_for(0, L.M, 2048, [&](int64_t s, int64_t e) { blur_rows(L, j, a, b, Kp, s, e); });
     std::swap(a, b);
   }
   return a;
@@ -755,7 +766,7 @@ at::Tensor dense_crf_forward_cpu(const at::Tensor& unary, const at::Tensor& imag
       s.vg = use_g ? splat_blur(lg, q.get(), vg0.get(), vg1.get(), Kp) : nullptr;
       s.vb = use_b ? splat_blur(lb, q.get(), vb0.get(), vb1.get(), Kp) : nullptr;
       s.out = it + 1 == iterations ? ob : nullptr;
-      at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, N, 1024, [&](int64_t b, int64_t e) {
         std::vector<float> m(static_cast<size_t>(2 * Kp));
         update_rows(s, b, e, m.data());
       });
