@@ -362,7 +362,7 @@ Lattice build_lattice(const float* feat, int64_t N, int d, const char* who) {
 
   // 4. entries -> value rows, and the splat CSR: C fixed pixel chunks (a function of the sizes only) count
   //    their entries per point; a point's entries are then laid out chunk by chunk, each chunk in entry order.
-  const int64_t C = std::max<int64_t>(1, std::min<int64_t>(64, E / (2 * (M + 1))));
+  const int64_t C = std::max<int64_t>(1, std::min<int64_t>({64, E / (2 * (M + 1)), E / (1 << 14)}));
   Buf<int32_t> cnt = make_buf<int32_t>(C * M);
   std::fill(cnt.get(), cnt.get() + C * M, 0);
   at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
