@@ -407,11 +407,12 @@ def _crf_kernel_cases() -> list:
     for d, dp in ((2, 4), (5, 8)):
         gpu = triton_crf._blocks(False, 32)
         bl = gpu[f"lattice{d}"]
-        cases.append(["crf_lattice_kernel", {"feat": F32, "scale": F32, "tkey": I32, "towner": I32, "tstate": I32,
+        bits = (63 - 3) // d
+        cases.append(["crf_lattice_kernel", {"feat": F32, "scale": F32, "tkey": "*i64", "towner": I32,
                       "slot_of": I32, "bary": F32, "bad": I32, "NP": "i32", "mask": "i32", "dummy": "i32"},
-                      {"D": d, "DP": dp, "BLOCK": bl}])
-        cases.append(["crf_neighbours_kernel", {"tkey": I32, "towner": I32, "slot_point": I32, "point_slot": I32,
-                      "blur": I32, "M": "i32", "mask": "i32"}, {"D": d, "DP": dp, "BLOCK": gpu["neighbours"]}])
+                      {"D": d, "DP": dp, "BITS": bits, "BLOCK": bl}])
+        cases.append(["crf_neighbours_kernel", {"tkey": "*i64", "slot_point": I32, "point_slot": I32, "blur": I32,
+                      "M": "i32", "mask": "i32"}, {"D": d, "DP": dp, "BITS": bits, "BLOCK": gpu["neighbours"]}])
     for kp in (1, 2, 32, 128):
         b = triton_crf._blocks(False, kp)
         pts, pix = b["points"], b["pixels"]
@@ -447,3 +448,15 @@ def test_triton_kernels_compile_for_sm90_without_spills(sm90_builds, case_id):
     result = sm90_builds[case_id]
     assert result["ok"], result["error"]
     assert result["spill"] in (None, 0), f"{case_id}: {result['spill']} bytes of register spills"
+
+
+@triton_cpu
+def test_triton_packed_keys_are_narrower_than_int16():
+    """Keys of |key| >= 12288 (bilateral, D = 5) fit pydensecrf's int16 but not the Triton table's 12-bit fields:
+    csrc takes them, triton says so."""
+    p, img = crf_inputs(1, 2, 4, 5)
+    img[0, :, 0, 0] = 255
+    args = {**DEFAULTS, "bilateral_srgb": 0.05}
+    gops.dense_crf(p, img, iterations=1, **args, backend="csrc")
+    with pytest.raises(RuntimeError, match="packed keys"):
+        gops.dense_crf(p, img, iterations=1, **args, backend="triton")

@@ -7,11 +7,10 @@ even), ranks, barycentric weights and keys. Per-pixel arrays of ``D + 1`` values
 power of two >= D + 1, columns > D unused), so every step is a whole-tile operation.
 
 * ``crf_lattice_kernel``: per pixel its ``D + 1`` entries (key, barycentric weight), each inserted into an
-  open-addressing table (``tkey [cap + 1, DP]`` int32, ``towner``/``tstate [cap + 1]`` int32, slot ``cap`` a dummy
-  that never matches): a CAS claims an empty slot, then the key is written and the state released; a lane meeting
-  a claimed slot waits for its state, compares keys and, on a match, lowers the owner to its entry id (atomic min).
-  After the launch each key's slot holds its first entry, whatever the schedule. ``slot_of[e]`` is the slot of
-  entry ``e``.
+  open-addressing table of packed 63-bit keys (``tkey [cap + 1]`` int64, -1 empty, slot ``cap`` a dummy holding -2
+  that never matches; see ``_pack``): one 64-bit CAS claims an empty slot and publishes the key at once, so there
+  is no half-written slot to wait for; the entry id goes to ``towner [cap + 1]`` by atomic min. After the launch
+  each key's slot holds its first entry, whatever the schedule. ``slot_of[e]`` is the slot of entry ``e``.
 * ``crf_neighbours_kernel``: the blur neighbours of each lattice point (key lookups, read only).
 * ``crf_splat_kernel`` (partial sums over fixed chunks of ``CHUNK`` CSR entries, in entry order) and
   ``crf_gather_kernel`` (each point's partial sums, in order): the splat as two deterministic gathers.
@@ -29,23 +28,53 @@ ROUND_MAGIC = tl.constexpr(12582912.0)
 
 
 @triton.jit
-def _hash(key, cols):
-    """A uint32 hash of int32 keys ``[BLOCK, DP]`` (unused columns hold 0) -> ``[BLOCK]`` (lowbias32 finaliser)."""
-    mult = (cols.to(tl.uint32) * 0x3C6EF372 + 0x1B873593).to(tl.uint32)
-    h = tl.sum(key.to(tl.uint32, bitcast=True) * mult[None, :], axis=1)
+def _mix32(h):
+    """lowbias32: a uint32 finaliser."""
     h = h ^ (h >> 16)
     h = h * 0x7FEB352D
     h = h ^ (h >> 15)
     h = h * tl.full([], 0x846CA68B, tl.uint32)
-    h = h ^ (h >> 16)
-    return h
+    return h ^ (h >> 16)
 
 
 @triton.jit
-def crf_lattice_kernel(feat, scale, tkey, towner, tstate, slot_of, bary, bad, NP, mask, dummy,
-                       D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr):
+def _slot(word, mask):
+    """The home slot of packed keys ``word`` (int64)."""
+    lo = (word & 0xFFFFFFFF).to(tl.uint32)
+    hi = (word >> 32).to(tl.uint32)
+    return (_mix32(lo ^ _mix32(hi)) & mask).to(tl.int32)
+
+
+@triton.jit
+def _pack(key, cols, D: tl.constexpr, BITS: tl.constexpr):
+    """int32 keys ``[BLOCK, DP]`` (columns >= D unused) -> ``(word int64 [BLOCK], out of range [BLOCK])``.
+
+    Every coordinate of a key is congruent to the same r mod D + 1 (the vertex's remainder), so a key is r (3 bits)
+    and the D values ``(key_c - r) / (D + 1)`` (BITS bits each, two's complement): 63 bits, never -1 (empty)."""
+    kc = cols[None, :] < D
+    k0 = tl.sum(tl.where(cols[None, :] == 0, key, 0), axis=1)
+    r = ((k0 % (D + 1)) + (D + 1)) % (D + 1)
+    a = tl.where(kc, (key - r[:, None]) // (D + 1), 0)
+    lim = 1 << (BITS - 1)
+    out = tl.max((kc & ((a < -lim) | (a >= lim))).to(tl.int32), axis=1) > 0
+    field = (a.to(tl.int64) & ((1 << BITS) - 1)) << (3 + BITS * cols[None, :]).to(tl.int64)
+    return r.to(tl.int64) + tl.sum(tl.where(kc, field, 0), axis=1), out
+
+
+@triton.jit
+def _unpack(word, cols, D: tl.constexpr, BITS: tl.constexpr):
+    """Packed keys ``[BLOCK]`` -> int32 keys ``[BLOCK, DP]`` (columns >= D zero)."""
+    r = (word & 7).to(tl.int32)
+    field = (word[:, None] >> (3 + BITS * cols[None, :]).to(tl.int64)) & ((1 << BITS) - 1)
+    a = tl.where(field >= (1 << (BITS - 1)), field - (1 << BITS), field).to(tl.int32)
+    return tl.where(cols[None, :] < D, a * (D + 1) + r[:, None], 0)
+
+
+@triton.jit
+def crf_lattice_kernel(feat, scale, tkey, towner, slot_of, bary, bad, NP, mask, dummy,
+                       D: tl.constexpr, DP: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr):
     """Entries of pixels ``[pid BLOCK, (pid + 1) BLOCK)`` of ``feat [NP, D]`` into the table; ``bary [NP, D + 1]``,
-    ``slot_of [NP, D + 1]``; ``bad[0] = 1`` when a key leaves the int16 range."""
+    ``slot_of [NP, D + 1]``; ``bad[0] = 1`` when a key leaves the int16 range or its packed fields."""
     pid = tl.program_id(0)
     pix = pid * BLOCK + tl.arange(0, BLOCK)
     valid = pix < NP
@@ -86,62 +115,50 @@ def crf_lattice_kernel(feat, scale, tkey, towner, tstate, slot_of, bary, bad, NP
             b = b + (1.0 + b_last)
         e = pix * (D + 1) + r
         tl.store(bary + e, b, mask=valid)
-        # the key of vertex r, and its slot
+        # the key of vertex r, packed, and its slot: a CAS claims an empty slot (publishing the key with it),
+        # a slot holding the key is found; either way the owner becomes min(owner, e)
         kf = rem0 + tl.where(rank <= D - r, r, r - (D + 1)).to(tl.float32)
-        outside = valid[:, None] & (cols[None, :] < D) & (tl.abs(kf) > 32767.0)
-        over = tl.max(tl.max(outside.to(tl.int32), axis=1), axis=0)
-        tl.store(bad, 1, mask=over > 0)
+        wide = tl.max(((cols[None, :] < D) & (tl.abs(kf) > 32767.0)).to(tl.int32), axis=1) > 0
         key = tl.where(cols[None, :] < D, kf.to(tl.int32), 0)
-        slot = (_hash(key, cols) & mask).to(tl.int32)
+        word, out = _pack(key, cols, D, BITS)
+        over = tl.max((valid & (out | wide)).to(tl.int32), axis=0)
+        tl.store(bad, 1, mask=over > 0)
+        slot = _slot(word, mask)
         active = valid
         found = tl.zeros([BLOCK], dtype=tl.int32)
         go = tl.max(active.to(tl.int32), axis=0)
         while go > 0:
             hs = tl.where(active, slot, dummy)
-            prev = tl.atomic_cas(towner + hs, tl.full([BLOCK], -1, tl.int32), e, sem="acq_rel")
-            claimed = active & (prev == -1)
-            tl.store(tkey + hs[:, None] * DP + cols[None, :], key, mask=claimed[:, None])
-            tl.atomic_xchg(tstate + hs, tl.full([BLOCK], 1, tl.int32), mask=claimed, sem="release")
-            other = active & (prev != -1)
-            wait = other
-            wgo = tl.max(wait.to(tl.int32), axis=0)
-            while wgo > 0:  # the slot's key is written once its state is 1
-                st = tl.atomic_add(tstate + hs, tl.zeros([BLOCK], dtype=tl.int32), mask=wait, sem="acquire")
-                wait = wait & (st == 0)
-                wgo = tl.max(wait.to(tl.int32), axis=0)
-            skey = tl.load(tkey + hs[:, None] * DP + cols[None, :], mask=other[:, None], other=0, volatile=True)
-            match = other & (tl.min((skey == key).to(tl.int32), axis=1) > 0)
-            tl.atomic_min(towner + hs, e, mask=match)
-            done = claimed | match
-            found = tl.where(done, hs, found)
-            active = active & ~done
+            prev = tl.atomic_cas(tkey + hs, tl.full([BLOCK], -1, tl.int64), word)
+            hit = active & ((prev == -1) | (prev == word))
+            tl.atomic_min(towner + hs, e, mask=hit)
+            found = tl.where(hit, hs, found)
+            active = active & ~hit
             slot = tl.where(active, (slot + 1) & mask, slot)
             go = tl.max(active.to(tl.int32), axis=0)
         tl.store(slot_of + e, found, mask=valid)
 
 
 @triton.jit
-def _find(key, cols, tkey, towner, mask, valid, DP: tl.constexpr, BLOCK: tl.constexpr):
-    """The slots of keys ``[BLOCK, DP]`` in the table, -1 where absent (read only)."""
-    slot = (_hash(key, cols) & mask).to(tl.int32)
+def _find(word, tkey, mask, valid, BLOCK: tl.constexpr):
+    """The slots of packed keys ``[BLOCK]`` in the table, -1 where absent (read only)."""
+    slot = _slot(word, mask)
     found = tl.full([BLOCK], -1, tl.int32)
     active = valid
     go = tl.max(active.to(tl.int32), axis=0)
     while go > 0:
-        own = tl.load(towner + slot, mask=active, other=-1)
-        empty = active & (own < 0)
-        skey = tl.load(tkey + slot[:, None] * DP + cols[None, :], mask=(active & ~empty)[:, None], other=0)
-        match = active & ~empty & (tl.min((skey == key).to(tl.int32), axis=1) > 0)
+        k = tl.load(tkey + slot, mask=active, other=-1)
+        match = active & (k == word)
         found = tl.where(match, slot, found)
-        active = active & ~empty & ~match
+        active = active & (k != -1) & ~match
         slot = tl.where(active, (slot + 1) & mask, slot)
         go = tl.max(active.to(tl.int32), axis=0)
     return found
 
 
 @triton.jit
-def crf_neighbours_kernel(tkey, towner, slot_point, point_slot, blur, M, mask,
-                          D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr):
+def crf_neighbours_kernel(tkey, slot_point, point_slot, blur, M, mask,
+                          D: tl.constexpr, DP: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr):
     """``blur [D + 1, M, 2]``: the value rows (point + 1, 0 for none) of the two neighbours of each point along each
     axis j: its key - 1 everywhere and + D at coordinate j, and + 1 everywhere and - D at j (pydensecrf's n1, n2)."""
     pid = tl.program_id(0)
@@ -150,12 +167,14 @@ def crf_neighbours_kernel(tkey, towner, slot_point, point_slot, blur, M, mask,
     cols = tl.arange(0, DP)
     keyc = cols[None, :] < D
     slot = tl.load(point_slot + m, mask=valid, other=0)
-    key = tl.load(tkey + slot[:, None] * DP + cols[None, :], mask=valid[:, None], other=0)
+    key = _unpack(tl.load(tkey + slot, mask=valid, other=0), cols, D, BITS)
     for j in tl.static_range(D + 1):
         n1 = tl.where(keyc, tl.where(cols[None, :] == j, key + D, key - 1), 0)
         n2 = tl.where(keyc, tl.where(cols[None, :] == j, key - D, key + 1), 0)
-        s1 = _find(n1, cols, tkey, towner, mask, valid, DP, BLOCK)
-        s2 = _find(n2, cols, tkey, towner, mask, valid, DP, BLOCK)
+        w1, out1 = _pack(n1, cols, D, BITS)
+        w2, out2 = _pack(n2, cols, D, BITS)
+        s1 = _find(w1, tkey, mask, valid & ~out1, BLOCK)  # a neighbour outside the fields is not in the table
+        s2 = _find(w2, tkey, mask, valid & ~out2, BLOCK)
         r1 = tl.where(s1 >= 0, tl.load(slot_point + s1, mask=valid & (s1 >= 0), other=-1) + 1, 0)
         r2 = tl.where(s2 >= 0, tl.load(slot_point + s2, mask=valid & (s2 >= 0), other=-1) + 1, 0)
         tl.store(blur + (j * M + m) * 2, r1, mask=valid)

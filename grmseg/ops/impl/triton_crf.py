@@ -11,7 +11,9 @@ PyTorch on the device (features, ranking the lattice points by first entry, the 
 * splat CSR: the entries stably sorted by lattice point, so each point's entries stay in entry order, cut into
   chunks of at most ``CHUNK`` entries (partial sums, then each point's partials in order: no atomics, and a point
   with thousands of entries does not serialise one program);
-* the table has ``>= 2 (N + 1)(D + 1)`` slots, so it cannot fill up.
+* the table has ``>= 2 (N + 1)(D + 1)`` slots, so it cannot fill up; its keys are packed into 63 bits (D fields
+  of ``60 // D`` bits: with default settings the keys need about 8), a little narrower than pydensecrf's int16 for
+  the bilateral kernel (|key| < 12288).
 
 Everything is float32 and deterministic (fixed summation orders; the same result on every run). Under the
 interpreter (``TRITON_INTERPRET=1``, CPU tensors) the blocks are large and the programs few.
@@ -102,28 +104,28 @@ class _Lattice:
         cap = _next_pow2(max(1024, 2 * e_all))
         if cap * dp > _INT32_MAX or e_all > _INT32_MAX // 2 or n * kp > _INT32_MAX:
             raise ValueError(f"dense_crf: the image has too many pixels ({n}) for the Triton lattice")
-        tkey = torch.zeros(cap + 1, dp, dtype=torch.int32, device=dev)
-        towner = torch.full((cap + 1,), -1, dtype=torch.int32, device=dev)
-        towner[cap] = -2  # the dummy slot of inactive lanes: never claimed, never matched
-        tstate = torch.zeros(cap + 1, dtype=torch.int32, device=dev)
+        bits = (63 - 3) // d  # the packed key's field width (grmseg.triton.dense_crf._pack)
+        tkey = torch.full((cap + 1,), -1, dtype=torch.int64, device=dev)
+        tkey[cap] = -2  # the dummy slot of inactive lanes: never claimed, never matched
+        towner = torch.full((cap + 1,), _INT32_MAX, dtype=torch.int32, device=dev)
         slot_of = torch.empty(e_all, dtype=torch.int32, device=dev)
         bary = torch.empty(e_all, dtype=torch.float32, device=dev)
         bad = torch.zeros(1, dtype=torch.int32, device=dev)
         feat = feat[:np_].contiguous()
         bl = blocks[f"lattice{d}"]
         k.crf_lattice_kernel[(_cdiv(np_, bl),)](
-            feat, _scales(d).to(dev), tkey, towner, tstate, slot_of, bary, bad, np_, cap - 1, cap,
-            D=d, DP=dp, BLOCK=bl,
+            feat, _scales(d).to(dev), tkey, towner, slot_of, bary, bad, np_, cap - 1, cap,
+            D=d, DP=dp, BITS=bits, BLOCK=bl,
         )
         if bad.item():
             raise RuntimeError(
-                "dense_crf: lattice coordinates overflow int16: the features (positions / sxy, colours / srgb) "
-                "span too wide a range; use larger gaussian_sxy / bilateral_sxy / bilateral_srgb"
+                "dense_crf: lattice coordinates overflow int16 (or the Triton lattice's packed keys, "
+                f"{bits}-bit fields of key / {d + 1}): the features (positions / sxy, colours / srgb) span too wide "
+                "a range; use larger gaussian_sxy / bilateral_sxy / bilateral_srgb"
             )
         # lattice points in first-entry order (pydensecrf's)
-        owner = towner[:cap]
-        slots = torch.nonzero(owner >= 0).squeeze(1)
-        point_slot = slots[torch.argsort(owner[slots])].to(torch.int32)
+        slots = torch.nonzero(tkey[:cap] != -1).squeeze(1)
+        point_slot = slots[torch.argsort(towner[slots])].to(torch.int32)
         m = point_slot.numel()
         slot_point = torch.full((cap,), -1, dtype=torch.int32, device=dev)
         slot_point[point_slot.long()] = torch.arange(m, dtype=torch.int32, device=dev)
@@ -131,9 +133,9 @@ class _Lattice:
         self.blur = torch.empty(d1, m, 2, dtype=torch.int32, device=dev)
         bn = blocks["neighbours"]
         k.crf_neighbours_kernel[(_cdiv(m, bn),)](
-            tkey, towner, slot_point, point_slot, self.blur, m, cap - 1, D=d, DP=dp, BLOCK=bn
+            tkey, slot_point, point_slot, self.blur, m, cap - 1, D=d, DP=dp, BITS=bits, BLOCK=bn
         )
-        del tkey, towner, tstate
+        del tkey, towner
         # entries of the real pixels -> value rows; the splat CSR (entry order within each point)
         point = slot_point[slot_of[: n * d1].long()].long()
         self.offset = (point + 1).to(torch.int32)
