@@ -225,6 +225,23 @@ def test_lattice_is_deterministic(device, backend):
             torch.set_num_threads(threads)
 
 
+def test_lattice_table_grows():
+    """Colour noise gives every pixel its own simplices: the bilateral lattice outgrows the first hash table
+    (N / 2 slots at least 4096) and is rebuilt in a larger one, with the same result as pydensecrf's."""
+    g = torch.Generator().manual_seed(7)
+    img = torch.randint(0, 256, (1, 3, 70, 90), generator=g, dtype=torch.uint8)
+    p = torch.rand(1, 3, 70, 90, generator=g).softmax(dim=1)
+    q = gops.dense_crf(p, img, iterations=3, backend="csrc")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(gops.dense_crf(p, img, iterations=3, backend="csrc"), q)
+    finally:
+        torch.set_num_threads(threads)
+    pytest.importorskip("pydensecrf.densecrf")
+    torch.testing.assert_close(q, _pydensecrf(p, img, 3, *DEFAULTS.values()), rtol=0, atol=2e-5)
+
+
 def test_lattice_batch_is_per_image():
     p, img = crf_inputs(3, 4, 16, 21, seed=5)
     q = gops.dense_crf(p, img, backend="csrc")

@@ -40,6 +40,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -123,12 +124,15 @@ struct Table {
     });
   }
 
+  // Insert entry e with key k; returns its slot, or -1 once the table is half full (nothing claimed then: each
+  // thread checks before it claims, so at most one claim per thread lands past half and probing always ends).
   int64_t insert(int32_t e, const Key& k) {
     int64_t h = static_cast<int64_t>(key_hash(k) & static_cast<uint64_t>(mask));
     while (true) {
       Slot& s = slots[h];
       int32_t cur = __atomic_load_n(&s.owner, __ATOMIC_RELAXED);
       if (cur < 0) {
+        if (full.load(std::memory_order_relaxed)) return -1;
         if (__atomic_compare_exchange_n(&s.owner, &cur, e, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
           s.key = k;
           __atomic_store_n(&s.state, 1, __ATOMIC_RELEASE);
@@ -136,7 +140,8 @@ struct Table {
           return h;
         }
       }
-      while (__atomic_load_n(&s.state, __ATOMIC_ACQUIRE) == 0) {
+      for (int spin = 1; __atomic_load_n(&s.state, __ATOMIC_ACQUIRE) == 0; ++spin) {
+        if (spin % 64 == 0) std::this_thread::yield();  // the claiming thread may have been descheduled
       }
       if (s.key == k) {
         while (e < cur && !__atomic_compare_exchange_n(&s.owner, &cur, e, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -211,7 +216,6 @@ bool lattice_entries(Lattice& L, const float* feat, Table& table, int64_t begin,
   float elevated[d1], rem0[d1], bar[D + 2];
   int rank[d1];
   for (int64_t i = begin; i < end; ++i) {
-    if ((i & 255) == 0 && table.full.load(std::memory_order_relaxed)) return false;
     const float* f = feat + i * D;
     float sm = 0.f;
     for (int j = D; j > 0; --j) {
@@ -261,7 +265,9 @@ bool lattice_entries(Lattice& L, const float* feat, Table& table, int64_t begin,
         key_set(k, c, static_cast<int32_t>(kv));
       }
       const int64_t e = i * d1 + r;
-      L.offset[e] = static_cast<int32_t>(table.insert(static_cast<int32_t>(e), k));
+      const int64_t slot = table.insert(static_cast<int32_t>(e), k);
+      if (slot < 0) return false;
+      L.offset[e] = static_cast<int32_t>(slot);
       L.bary[e] = bar[r];
     }
   }
