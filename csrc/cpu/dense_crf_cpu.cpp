@@ -23,9 +23,9 @@
 //
 // Data: Q pixel-major [N][Kp] and the lattice values [M + 1][Kp], Kp = K rounded up to 8 (zero padding; row 0 is
 // the zero row that missing neighbours read). n is folded into the weights (splat: n_i bary, slice: w alpha n_i
-// bary), so one Q buffer feeds both kernels. Per iteration and kernel: a splat pass (software-prefetched gathers)
-// and d + 1 blur passes; then one pixel pass slices both kernels, exponentiates (a vectorised exp), normalises and
-// writes Q. The hot loops use 8-lane vectors and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at
+// bary), so one Q buffer feeds both kernels. Per iteration: a splat pass (software-prefetched gathers, tasks of
+// equal entry counts) and one pass per blur axis, both lattices in the same parallel regions; then one pixel pass
+// slices both kernels, exponentiates (a vectorised exp), normalises and writes Q. The hot loops use 8-lane vectors and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at
 // load time). Everything is fp32 (as pydensecrf) for every input dtype; Q is returned in the dtype of unary.
 
 #include <ATen/ATen.h>
@@ -501,17 +501,46 @@ GRMSEG_CRF_CLONES void blur_rows(const Lattice& L, int j, const float* src, floa
   }
 }
 
-// splat + blur of in [N][Kp]: returns the buffer (a or b, each [M + 1][Kp] with a zero row 0) holding the result.
-float* splat_blur(const Lattice& L, const float* in, float* a, float* b, int64_t Kp) {
-  const int64_t tasks = static_cast<int64_t>(L.parts.size()) - 1;
-  at::parallel_for(0, tasks, 1, [&](int64_t s, int64_t e) {
-    if (s < e) splat_rows(L, in, a, Kp, L.parts[s], L.parts[e]);
-  });
-  for (int j = 0; j <= L.d; ++j) {
-    at::parallel_for(0, L.M, 2048, [&](int64_t s, int64_t e) { blur_rows(L, j, a, b, Kp, s, e); });
-    std::swap(a, b);
+// One lattice's filter: its two value buffers ([M + 1][Kp], zero row 0); `a` holds the result after filter().
+struct Filter {
+  const Lattice* L = nullptr;
+  float* a = nullptr;
+  float* b = nullptr;
+};
+
+// Splat + blur of in [N][Kp] through every lattice of fs. The lattices share the parallel regions (one for the
+// splats, one per blur axis), so a thread that is late to a region (a busy machine) delays fewer of them.
+void filter(std::vector<Filter>& fs, const float* in, int64_t Kp) {
+  std::vector<int64_t> first_task{0}, first_point{0};
+  int max_d = 0;
+  for (const Filter& f : fs) {
+    first_task.push_back(first_task.back() + static_cast<int64_t>(f.L->parts.size()) - 1);
+    first_point.push_back(first_point.back() + f.L->M);
+    max_d = std::max(max_d, f.L->d);
   }
-  return a;
+  const int64_t n = static_cast<int64_t>(fs.size());
+  // tasks [b, e) or points [b, e) of the concatenation -> per lattice ranges
+  auto each = [&](const std::vector<int64_t>& first, int64_t b, int64_t e, auto&& fn) {
+    for (int64_t l = 0; l < n; ++l) {
+      const int64_t lo = std::max(b, first[l]), hi = std::min(e, first[l + 1]);
+      if (lo < hi) fn(fs[l], lo - first[l], hi - first[l]);
+    }
+  };
+  at::parallel_for(0, first_task.back(), 1, [&](int64_t b, int64_t e) {
+    each(first_task, b, e, [&](Filter& f, int64_t s, int64_t t) {
+      splat_rows(*f.L, in, f.a, Kp, f.L->parts[s], f.L->parts[t]);
+    });
+  });
+  for (int j = 0; j <= max_d; ++j) {
+    std::vector<int64_t> first{0};  // the lattices with an axis j this pass
+    for (const Filter& f : fs) first.push_back(first.back() + (j <= f.L->d ? f.L->M : 0));
+    at::parallel_for(0, first.back(), 2048, [&](int64_t b, int64_t e) {
+      each(first, b, e, [&](Filter& f, int64_t s, int64_t t) { blur_rows(*f.L, j, f.a, f.b, Kp, s, t); });
+    });
+    for (Filter& f : fs) {
+      if (j <= f.L->d) std::swap(f.a, f.b);
+    }
+  }
 }
 
 // The symmetric normalisation n = (alpha filter(1) + 1e-20)^-1/2, folded into the weights: the splat reads Q
@@ -769,8 +798,12 @@ at::Tensor dense_crf_forward_cpu(const at::Tensor& unary, const at::Tensor& imag
     });
     TORCH_CHECK_VALUE(ok.load(), who, ": unary must hold probabilities: finite values in [0, 1]");
     for (int64_t it = 0; it < iterations; ++it) {
-      s.vg = use_g ? splat_blur(lg, q.get(), vg0.get(), vg1.get(), Kp) : nullptr;
-      s.vb = use_b ? splat_blur(lb, q.get(), vb0.get(), vb1.get(), Kp) : nullptr;
+      std::vector<Filter> fs;
+      if (use_g) fs.push_back({&lg, vg0.get(), vg1.get()});
+      if (use_b) fs.push_back({&lb, vb0.get(), vb1.get()});
+      filter(fs, q.get(), Kp);
+      s.vg = use_g ? fs.front().a : nullptr;
+      s.vb = use_b ? fs.back().a : nullptr;
       s.out = it + 1 == iterations ? ob : nullptr;
       at::parallel_for(0, N, 1024, [&](int64_t b, int64_t e) {
         std::vector<float> m(static_cast<size_t>(2 * Kp));
