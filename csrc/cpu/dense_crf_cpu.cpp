@@ -215,6 +215,11 @@ bool lattice_entries(Lattice& L, const float* feat, Table& table, int64_t begin,
   const float down = 1.0f / static_cast<float>(d1), up = static_cast<float>(d1);
   float elevated[d1], rem0[d1], bar[D + 2];
   int rank[d1];
+  // The last key and slot of each remainder: neighbouring pixels mostly share their simplex, and a key this thread
+  // inserted before (with a smaller entry id) needs no table access (its slot's owner is already smaller).
+  Key last_key[d1];
+  int64_t last_slot[d1];
+  for (int r = 0; r <= D; ++r) last_slot[r] = -1;
   for (int64_t i = begin; i < end; ++i) {
     const float* f = feat + i * D;
     float sm = 0.f;
@@ -265,8 +270,12 @@ bool lattice_entries(Lattice& L, const float* feat, Table& table, int64_t begin,
         key_set(k, c, static_cast<int32_t>(kv));
       }
       const int64_t e = i * d1 + r;
-      const int64_t slot = table.insert(static_cast<int32_t>(e), k);
-      if (slot < 0) return false;
+      if (last_slot[r] < 0 || !(last_key[r] == k)) {
+        last_slot[r] = table.insert(static_cast<int32_t>(e), k);
+        last_key[r] = k;
+        if (last_slot[r] < 0) return false;
+      }
+      const int64_t slot = last_slot[r];
       L.offset[e] = static_cast<int32_t>(slot);
       L.bary[e] = bar[r];
     }
@@ -368,7 +377,7 @@ Lattice build_lattice(const float* feat, int64_t N, int d, const char* who) {
 
   // 4. entries -> value rows, and the splat CSR: C fixed pixel chunks (a function of the sizes only) count
   //    their entries per point; a point's entries are then laid out chunk by chunk, each chunk in entry order.
-  const int64_t C = std::max<int64_t>(1, std::min<int64_t>({64, E / (2 * (M + 1)), E / (1 << 14)}));
+  const int64_t C = std::max<int64_t>(1, std::min<int64_t>({64, E / (M + 1), E / (1 << 13)}));
   Buf<int32_t> cnt = make_buf<int32_t>(C * M);
   std::fill(cnt.get(), cnt.get() + C * M, 0);
   at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
