@@ -12,8 +12,8 @@ PyTorch on the device (features, ranking the lattice points by first entry, the 
   chunks of at most ``CHUNK`` entries (partial sums, then each point's partials in order: no atomics, and a point
   with thousands of entries does not serialise one program);
 * the table has ``>= 2 (N + 1)(D + 1)`` slots, so it cannot fill up; its keys are packed into 63 bits (D fields
-  of ``60 // D`` bits: with default settings the keys need about 8), a little narrower than pydensecrf's int16 for
-  the bilateral kernel (|key| < 12288).
+  of ``60 // D`` bits; pydensecrf's default settings need about 8), a little narrower than pydensecrf's int16
+  keys for the bilateral kernel (|key| < 12288; wider settings raise, the csrc backend takes them).
 
 Everything is float32 and deterministic (fixed summation orders; the same result on every run). Under the
 interpreter (``TRITON_INTERPRET=1``, CPU tensors) the blocks are large and the programs few.
