@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grmseg.reference import affinity_offsets
+from grmseg.reference import CRF_REFERENCE_MAX_PIXELS, affinity_offsets
 
 Params = dict[str, Any]
 Inputs = dict[str, Any]
@@ -117,6 +117,27 @@ def _build_random_walk(p: Params, gen: torch.Generator) -> Inputs:
     }
 
 
+def _build_dense_crf(p: Params, gen: torch.Generator) -> Inputs:
+    """A photo-like image and a segmentation net's probabilities: K regions (the cells of random seeds), each with
+    its own colour, a smooth shading and pixel noise; logits that favour each pixel's region, noisy, computed at
+    stride 8 and upsampled (as a network's output is)."""
+    b, k, h, w = p["B"], p["K"], p["H"], p["W"]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    seeds = _rand(gen, b, 2 * k, 2) * torch.tensor([h, w])
+    d2 = (ys[None, None] - seeds[:, :, 0, None, None]) ** 2 + (xs[None, None] - seeds[:, :, 1, None, None]) ** 2
+    cell = d2.argmin(dim=1)  # [B, H, W], 2K cells
+    label = cell % k
+    colour = _rand(gen, b, 2 * k, 3) * 200 + 20
+    img = torch.gather(colour, 1, cell.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(b, h, w, 3).permute(0, 3, 1, 2)
+    shade = 30 * torch.sin(xs / (w / 3) + _rand(gen, b, 1, 1, 1) * 6) * torch.cos(ys / (h / 2))
+    img = (img + shade + _randn(gen, b, 3, h, w, scale=8.0)).clamp(0, 255).round().to(torch.uint8)
+    onehot = torch.nn.functional.one_hot(label, k).permute(0, 3, 1, 2).float()
+    logits = torch.nn.functional.avg_pool2d(3.0 * onehot, 8, ceil_mode=True)
+    logits = logits + _randn(gen, *logits.shape, scale=1.0)
+    logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return {"unary": logits.softmax(dim=1), "image": img, "iterations": p["iterations"]}
+
+
 def _build_grm_layer(p: Params, gen: torch.Generator) -> Inputs:
     return {"x": _randn(gen, p["B"], p["C"], p["H"], p["W"])}
 
@@ -173,6 +194,11 @@ def _bytes_random_walk(t: Inputs, phase: str) -> int:
     return _nbytes(t["cam"], t["aff"]) + _nbytes(t["cam"])
 
 
+def _bytes_dense_crf(t: Inputs, phase: str) -> int:
+    # Once: read the probabilities and the image, write Q. (Every iteration re-reads; this is the floor.)
+    return _nbytes(t["unary"], t["image"]) + _nbytes(t["unary"])
+
+
 def _bytes_grm_layer(t: Inputs, phase: str) -> int:
     x = t["x"]
     params = sum(_nbytes(p) for p in t["module"].parameters())
@@ -202,6 +228,10 @@ def _label_boundary_affinity(p: Params) -> str:
     return f"B{p['B']} {p['H']}x{p['W']} r{p['r']}"
 
 
+def _label_dense_crf(p: Params) -> str:
+    return f"B{p['B']} K{p['K']} {p['H']}x{p['W']} it{p['iterations']}"
+
+
 def _label_random_walk(p: Params) -> str:
     return f"B{p['B']} K{p['K']} {p['H']}x{p['W']} r{p['r']} beta{p['beta']:g} s{p['steps']}"
 
@@ -220,6 +250,8 @@ class OpDef:
         label: ``params -> "B8 C512 64x64 K21"``.
         bytes_moved: ``(inputs on the device, phase) -> bytes``.
         kernels: the op-layer kernel names behind a phase (for :func:`grmseg.ops.selected`).
+        keywords: the arguments passed by keyword (after ``args``), to ``grmseg.ops`` and the reference alike.
+        keep_dtype: tensor arguments that keep their own dtype (``labels``, an uint8 ``image``), not the case's.
     """
 
     name: str
@@ -229,6 +261,8 @@ class OpDef:
     label: Callable[[Params], str]
     bytes_moved: Callable[[Inputs, str], int]
     kernels: Callable[[str], tuple[str, ...]] = field(default=lambda phase: ())
+    keywords: tuple[str, ...] = ()
+    keep_dtype: tuple[str, ...] = ()
 
     @property
     def differentiable(self) -> bool:
@@ -259,13 +293,16 @@ OPS: dict[str, OpDef] = {
               _bytes_grm_reproject, _op_kernels("grm_reproject")),
         OpDef("graph_conv", ("z", "adj", "weight", "bias", "activation"), ("z", "adj", "weight", "bias"),
               _build_graph_conv, _label_graph_conv, _bytes_graph_conv, _op_kernels("graph_conv")),
-        OpDef("cam", ("feat", "weight", "labels"), (), _build_cam, _label_cam, _bytes_cam, _op_kernels("cam")),
+        OpDef("cam", ("feat", "weight", "labels"), (), _build_cam, _label_cam, _bytes_cam, _op_kernels("cam"),
+              keep_dtype=("labels",)),
         OpDef("local_affinity", ("feat", "radius"), (), _build_local_affinity, _label_local_affinity,
               _bytes_local_affinity, _op_kernels("local_affinity")),
         OpDef("boundary_affinity", ("boundary", "radius"), (), _build_boundary_affinity, _label_boundary_affinity,
               _bytes_boundary_affinity, _op_kernels("boundary_affinity")),
         OpDef("random_walk", ("cam", "aff", "beta", "steps"), (), _build_random_walk, _label_random_walk,
               _bytes_random_walk, _op_kernels("random_walk")),
+        OpDef("dense_crf", ("unary", "image"), (), _build_dense_crf, _label_dense_crf, _bytes_dense_crf,
+              _op_kernels("dense_crf"), keywords=("iterations",), keep_dtype=("image",)),
         OpDef("grm_layer", ("x",), ("x",), _build_grm_layer, _label_grm, _bytes_grm_layer, _layer_kernels),
     )
 }
@@ -290,6 +327,8 @@ class SizeSet:
 _BOTH = ("bf16", "fp32")
 _FP32 = ("fp32",)
 _WALK = {"r": 5, "beta": 8.0, "steps": 256}
+# issue 14: pydensecrf's usual image sizes (VOC's 500x375 and a 240x320 crop), 21 classes, 10 iterations
+_CRF = [({"B": 1, "K": 21, "H": h, "W": w, "iterations": 10}, ("fp32",)) for h, w in ((240, 320), (375, 500))]
 
 SIZE_SETS: dict[str, SizeSet] = {
     # The issue's targets: GRM at B=8, C=512, 64x64, K=21/81 in bf16 and fp32; GCN layers of the segmentation
@@ -305,6 +344,7 @@ SIZE_SETS: dict[str, SizeSet] = {
             "local_affinity": [({"B": 8, "C": 448, "H": 64, "W": 64, "r": 5}, _BOTH)],
             "boundary_affinity": [({"B": 8, "H": 128, "W": 128, "r": 5}, _FP32)],
             "random_walk": [({"B": 1, "K": 21, "H": s, "W": s, **_WALK}, _FP32) for s in (64, 128)],
+            "dense_crf": _CRF,
             "grm_layer": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": k}, _BOTH) for k in (21, 81)],
         },
         dense_max_pixels=128 * 128,
@@ -324,6 +364,7 @@ SIZE_SETS: dict[str, SizeSet] = {
             "boundary_affinity": [({"B": 2, "H": 64, "W": 64, "r": 5}, _FP32)],
             # issue 5's CPU target is at 64x64 (dense oracle ~10 s a run here); 128x128 has no dense row (1 GiB)
             "random_walk": [({"B": 1, "K": 21, "H": s, "W": s, **_WALK}, _FP32) for s in (32, 64, 128)],
+            "dense_crf": _CRF,
             "grm_layer": [({"B": 2, "C": 256, "H": 64, "W": 64, "K": 21}, _FP32)],
         },
         dense_max_pixels=64 * 64,
@@ -352,6 +393,7 @@ SIZE_SETS: dict[str, SizeSet] = {
             "local_affinity": [({"B": 1, "C": 8, "H": 8, "W": 8, "r": 3}, _FP32)],
             "boundary_affinity": [({"B": 1, "H": 8, "W": 8, "r": 3}, _FP32)],
             "random_walk": [({"B": 1, "K": 3, "H": 8, "W": 8, "r": 3, "beta": 8.0, "steps": 4}, _FP32)],
+            "dense_crf": [({"B": 1, "K": 5, "H": 12, "W": 17, "iterations": 3}, _FP32)],
             "grm_layer": [({"B": 1, "C": 16, "H": 8, "W": 8, "K": 5}, _FP32)],
         },
         dense_max_pixels=64 * 64,
@@ -381,7 +423,7 @@ class Case:
         return DTYPE_NAMES.get(self.dtype, str(self.dtype).replace("torch.", ""))
 
     def inputs(self, device: torch.device, seed: int = 0) -> Inputs:
-        """The op's arguments on ``device`` in the case's dtype (labels stay float32, static args as is).
+        """The op's arguments on ``device`` in the case's dtype (``op.keep_dtype`` ones and static args as they are).
 
         The ``bwd`` phase's ``grad_args`` require grad; ``grm_layer`` also gets its module under ``"module"``.
         """
@@ -391,7 +433,7 @@ class Case:
         out: Inputs = {}
         for name, value in raw.items():
             if isinstance(value, Tensor):
-                dtype = value.dtype if name == "labels" else self.dtype
+                dtype = value.dtype if name in self.op.keep_dtype else self.dtype
                 value = value.to(device=device, dtype=dtype)
                 if needs_grad and name in self.op.grad_args:
                     value.requires_grad_(True)
@@ -405,7 +447,12 @@ class Case:
         return self.op.bytes_moved(inputs, self.phase)
 
     def dense_reference_skip(self, device: torch.device) -> str | None:
-        """Why the dense reference random walk is not run at this size (None when it is)."""
+        """Why the dense reference (random walk, CRF) is not run at this size (None when it is)."""
+        if self.op.name == "dense_crf":
+            n = self.params["H"] * self.params["W"]
+            if n > CRF_REFERENCE_MAX_PIXELS:
+                return f"dense reference skipped: N={n} pixels > {CRF_REFERENCE_MAX_PIXELS} (exact [N, N] kernels)"
+            return None
         if self.op.name != "random_walk":
             return None
         n = self.params["H"] * self.params["W"]

@@ -41,6 +41,7 @@ class Row:
     pct_peak: float | None = None
     peak_mb: float | None = None
     speedup: float | None = None
+    speedup_vs: str = REFERENCE
     first_call_ms: float | None = None
     note: str = ""
 
@@ -70,11 +71,17 @@ class Report:
                 "rows": [asdict(r) for r in self.rows], "notes": self.notes}
 
 
-def add_speedups(rows: Sequence[Row]) -> None:
-    """Set ``speedup`` = reference-eager median / row median, for rows whose reference row has a time."""
-    ref = {r.key(): r.median_ms for r in rows if r.provider == REFERENCE and r.ran == REFERENCE and r.ok}
+def add_speedups(rows: Sequence[Row], baselines: Sequence[str] = ()) -> None:
+    """Set ``speedup`` = base median / row median: the base is the reference-eager row, or, where that has no time
+    (the exact reference cannot take the size), the first external baseline of ``baselines`` that has one
+    (``speedup_vs`` then names it)."""
+    timed = {(r.key(), r.provider): r.median_ms for r in rows if r.ok and (r.provider != REFERENCE or r.ran == REFERENCE)}
     for r in rows:
-        base = ref.get(r.key())
+        base, r.speedup_vs = timed.get((r.key(), REFERENCE)), REFERENCE
+        for name in baselines if base is None else ():
+            if timed.get((r.key(), name)):
+                base, r.speedup_vs = timed[(r.key(), name)], name
+                break
         r.speedup = base / r.median_ms if base and r.ok and r.median_ms else None
 
 
@@ -98,7 +105,7 @@ def _cells(r: Row) -> list[str]:
         "" if r.gbps is None else f"{r.gbps:.1f}" if r.gbps >= 10 else f"{r.gbps:.3g}",
         "" if r.pct_peak is None else f"{r.pct_peak:.0f}%",
         "" if r.peak_mb is None else f"{r.peak_mb:.1f}" if r.peak_mb >= 1 else f"{r.peak_mb:.3f}",
-        "" if r.speedup is None else f"{r.speedup:.2f}x",
+        "" if r.speedup is None else f"{r.speedup:.2f}x" + ("" if r.speedup_vs == REFERENCE else f" ({r.speedup_vs})"),
     ]
 
 
@@ -118,7 +125,9 @@ _LEGEND = (
     "Median of repeated runs after warm-up (p20-p80 beside it). GB/s: the minimal bytes each op must read and"
     " write once, over the median time (for `random_walk` that floor ignores its many passes). Peak MB: the"
     " most memory held above the starting point during one run (`bwd` rows: a whole forward + backward)."
-    " vs ref: speed-up over the `reference` backend in eager mode. `a->b`: backend a lacks the kernel, b ran."
+    " vs ref: speed-up over the `reference` backend in eager mode, or over the external baseline named beside it"
+    " where the exact reference cannot run (`dense_crf` against pydensecrf). `a->b`: backend a lacks the kernel,"
+    " b ran."
 )
 
 

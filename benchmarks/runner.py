@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from benchmarks import external, timing
 from benchmarks import providers as prov
 from benchmarks import report as rep
-from benchmarks import timing
 from benchmarks.cases import OPS, SIZE_SETS, Case, Inputs, grm_layer_available, make_cases
 from benchmarks.machine import machine_info, peak_bandwidth
 
@@ -96,6 +96,7 @@ def _measure(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row.first_call_ms = (time.perf_counter() - t0) * 1e3
+    row.note = bench.note
     repeats = config.repeats or (3 if config.quick else None)
     t = timing.time_fn(bench.timed, device, repeats)
     row.median_ms, row.p20_ms, row.p80_ms, row.min_ms, row.max_ms, row.runs = (
@@ -107,7 +108,7 @@ def _measure(
         try:
             row.peak_mb = timing.peak_memory_bytes(bench.memory, device) / 2**20
         except Exception as exc:  # noqa: BLE001 - the time stands without the memory figure
-            row.note = f"peak memory failed: {_first_line(exc)}"
+            row.note = "; ".join(filter(None, [row.note, f"peak memory failed: {_first_line(exc)}"]))
 
 
 def _one_row(
@@ -186,6 +187,8 @@ def run(config: BenchConfig) -> rep.Report:
     for i, case in enumerate(cases):
         inputs = case.inputs(device)
         for j, provider in enumerate(providers):
+            if not prov.applies(case, provider):
+                continue
             row = _one_row(case, provider, inputs, device, config, peak_bw, memory_ok)
             report.rows.append(row)
             done = i * len(providers) + j + 1
@@ -196,7 +199,7 @@ def run(config: BenchConfig) -> rep.Report:
         del inputs
         _release(device, collect=True)
 
-    rep.add_speedups(report.rows)
+    rep.add_speedups(report.rows, external.names())
     report.wall_s = time.perf_counter() - started
     if config.out:
         paths = rep.write(report, config.out)

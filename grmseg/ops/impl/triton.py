@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 from collections.abc import Callable
 from types import ModuleType
 
@@ -101,18 +102,27 @@ def status(device_type: str) -> tuple[bool, str]:
 
 def kernels(device_type: str) -> frozenset[str]:
     """The six GRM kernels (projection, reprojection, graph convolution; forward and backward), plus the WSSS
-    kernels of ``grmseg.ops.impl.triton_wsss`` when that module imports."""
-    return _KERNELS | _WSSS_KERNELS if device_type in ("cpu", "cuda") else frozenset()
+    kernels of ``grmseg.ops.impl.triton_wsss`` and the dense CRF of ``grmseg.ops.impl.triton_crf`` when those
+    modules import."""
+    return _KERNELS | _WSSS_KERNELS | _CRF_KERNELS if device_type in ("cpu", "cuda") else frozenset()
 
 
-# The WSSS kernels (cam, affinities, random walk) have their own launch policy module; this backend exposes them.
-try:
-    from grmseg.ops.impl import triton_wsss as _wsss
-except ImportError:  # not part of this build
-    _wsss = None
-_WSSS_KERNELS: frozenset[str] = frozenset() if _wsss is None else frozenset(_wsss.WSSS_KERNELS)
-for _name in _WSSS_KERNELS:
-    globals()[_name] = getattr(_wsss, _name)
+def _adopt(module: str, names: str) -> frozenset[str]:
+    """Expose the kernels that the launch policy module ``grmseg.ops.impl.<module>`` lists in ``<names>`` (none when
+    the module does not import)."""
+    try:
+        mod = importlib.import_module(f"grmseg.ops.impl.{module}")
+    except ImportError:  # not part of this build
+        return frozenset()
+    adopted = frozenset(getattr(mod, names))
+    for name in adopted:
+        globals()[name] = getattr(mod, name)
+    return adopted
+
+
+# The WSSS kernels (cam, affinities, random walk) and the dense CRF have their own launch policy modules.
+_WSSS_KERNELS = _adopt("triton_wsss", "WSSS_KERNELS")
+_CRF_KERNELS = _adopt("triton_crf", "CRF_KERNELS")
 
 
 # ------------------------------------------------------------------------------------------------ policy
