@@ -104,8 +104,6 @@ def train_cls(cfg: PipelineConfig) -> Path:
     dev, world, log, done = begin_training_stage(cfg, "train-cls", final)
     if done:
         return final
-    if rt.is_main():
-        cfg.save(Path(cfg.run_dir) / "config.json")
     ds = open_dataset(cfg, cfg.train_split)
     labels = ds.image_labels()
     if rt.is_main():
@@ -127,7 +125,7 @@ def train_cls(cfg: PipelineConfig) -> Path:
     loss = classifier_loss(cfg, seen)
     bb_lr = cfg.cls_lr * (0.1 if cfg.weights_path else 1.0)
     core = train_loop(cfg, "cls", model, view, cfg.cls_batch, cfg.cls_epochs, _groups(model, bb_lr, cfg.cls_lr), loss,
-                      dev, world)
+                      dev, world, settings="train-cls")
     if core.recam is not None:
         core.recam.requires_grad_(True)
         core.use_recam = True
@@ -135,7 +133,8 @@ def train_cls(cfg: PipelineConfig) -> Path:
         low = 0.1 * cfg.recam_lr
         batch = cfg.recam_batch or cfg.cls_batch
         core = train_loop(cfg, "recam", core, TrainingView(ds, make_augment(cfg, "cls", batch), cfg.seed, "recam"), batch,
-                          cfg.recam_epochs, _groups(core, low, low, cfg.recam_lr), loss, dev, world)
+                          cfg.recam_epochs, _groups(core, low, low, cfg.recam_lr), loss, dev, world,
+                          settings="train-cls")
     save_stage_model(cfg, "train-cls", final, core, class_names=ds.class_names)
     return final
 
