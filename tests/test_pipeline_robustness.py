@@ -158,22 +158,12 @@ def test_other_settings_are_refused_unless_forced(tiny_run, tmp_path, capsys):
 
 
 def test_a_checkpoint_is_resumed_only_with_its_settings(tiny_run, tmp_path, monkeypatch, capsys):
-    from grmseg.pipeline import runtime as rt
+    from conftest import killed_after_first_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(tiny_run / "config.json", run / "config.json")
-    real_save = rt.save_atomic
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if str(path).endswith("checkpoint.pt"):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(rt, "save_atomic", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        main(["train-cls", "--run-dir", str(run), "--cls-epochs", "2"])
-    monkeypatch.setattr(rt, "save_atomic", real_save)
+    killed_after_first_checkpoint(monkeypatch, ["train-cls", "--run-dir", str(run), "--cls-epochs", "2"])
     assert main(["train-cls", "--run-dir", str(run), "--cls-epochs", "2", "--cls-lr", "0.5"]) == 2
     assert "checkpoint.pt' was made with other settings (cls_lr: 0.05 -> 0.5)" in capsys.readouterr().err
     assert main(["train-cls", "--run-dir", str(run), "--cls-epochs", "2"]) == 0, capsys.readouterr().err
