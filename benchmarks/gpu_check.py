@@ -48,7 +48,7 @@ KERNEL_TESTS = (
 PARTS = ("quick", "tests", "bench-grm", "bench-rest", "all")
 BENCH_OPS = {
     "bench-grm": "grm_project,grm_reproject,grm_layer",
-    "bench-rest": "graph_conv,cam,local_affinity,boundary_affinity,random_walk",
+    "bench-rest": "graph_conv,cam,local_affinity,boundary_affinity,random_walk,dense_crf",
 }
 #: Seconds a step may take at most (quick: further capped by what is left of the budget).
 STEP_LIMITS = {"build": 240, "tests": 150, "bench": 170}
