@@ -288,7 +288,7 @@ def local_affinity(feat: Tensor, radius: int) -> Tensor:
     for dy, dx in affinity_offsets(radius):
         shifted, valid = _shift(f, dy, dx)
         aff = torch.exp(-(f - shifted).abs().mean(dim=1))
-        planes.append(aff * valid)
+        planes.append(torch.where(valid, aff, torch.zeros_like(aff)))  # outside the map: 0, even next to a NaN
     if not planes:
         return feat.new_zeros(feat.shape[0], 0, *feat.shape[2:])
     return torch.stack(planes, dim=1).to(feat.dtype)
@@ -330,7 +330,7 @@ def boundary_affinity(boundary: Tensor, radius: int) -> Tensor:
     for dy, dx in affinity_offsets(radius):
         _, valid = _shift(bd, dy, dx)
         path_max = torch.stack([_shift(bd, py, px)[0] for py, px in path_offsets(dy, dx)]).amax(dim=0)
-        planes.append((1.0 - path_max) * valid)
+        planes.append(torch.where(valid, 1.0 - path_max, torch.zeros_like(path_max)))
     if not planes:
         return boundary.new_zeros(boundary.shape[0], 0, *boundary.shape[2:])
     return torch.stack(planes, dim=1).to(boundary.dtype)
