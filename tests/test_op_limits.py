@@ -46,3 +46,21 @@ def test_clear_errors_for_wrong_types_and_devices():
     grm = GRM(8, 3).to("meta")
     with pytest.raises(ValueError, match="GRM: argument 'x' must be on the device"):
         grm(torch.rand(1, 8, 4, 4))
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, tmp_path):
+    import importlib
+
+    from grmseg.pipeline.datasets import load_image
+
+    real_import = importlib.import_module
+
+    def no_pil(name, *args, **kwargs):
+        if name.split(".")[0] == "PIL":
+            raise ModuleNotFoundError("No module named 'PIL'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", no_pil)
+    (tmp_path / "x.jpg").write_bytes(b"")
+    with pytest.raises(ImportError, match=r"reading images needs the package 'pillow'.*pip install --no-build-isolation \"\.\[pipeline\]\""):
+        load_image(tmp_path / "x.jpg")
