@@ -30,6 +30,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -49,20 +50,24 @@
 namespace grmseg {
 namespace {
 
-// Uninitialised, 64-byte aligned buffers of trivial types.
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
+// Uninitialised buffers of trivial types from torch's CPU allocator (64-byte aligned; seen by its memory profiler).
 template <typename T>
-using Buf = std::unique_ptr<T[], FreeDeleter>;
+class Buf {
+ public:
+  Buf() = default;
+  explicit Buf(int64_t n) : ptr_(c10::GetCPUAllocator()->allocate(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)))) {
+    static_assert(std::is_trivially_destructible_v<T>);
+  }
+  T* get() const { return static_cast<T*>(ptr_.get()); }
+  T& operator[](int64_t i) const { return get()[i]; }
+
+ private:
+  c10::DataPtr ptr_;
+};
 
 template <typename T>
 Buf<T> make_buf(int64_t n) {
-  static_assert(std::is_trivially_destructible_v<T>);
-  const size_t bytes = (sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)) + 63) / 64 * 64;
-  void* p = nullptr;
-  if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
-  return Buf<T>(static_cast<T*>(p));
+  return Buf<T>(n);
 }
 
 constexpr int64_t kLanes = 8;  // Kp is a multiple of this
