@@ -25,8 +25,9 @@
 // the zero row that missing neighbours read). n is folded into the weights (splat: n_i bary, slice: w alpha n_i
 // bary), so one Q buffer feeds both kernels. Per iteration: a splat pass (software-prefetched gathers, tasks of
 // equal entry counts) and one pass per blur axis, both lattices in the same parallel regions; then one pixel pass
-// slices both kernels, exponentiates (a vectorised exp), normalises and writes Q. The hot loops use 8-lane vectors and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at
-// load time). Everything is fp32 (as pydensecrf) for every input dtype; Q is returned in the dtype of unary.
+// slices both kernels, exponentiates (a vectorised exp), normalises and writes Q. The hot loops use 8-lane vectors
+// and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at load time). Everything is fp32 (as
+// pydensecrf) for every input dtype; Q is returned in the dtype of unary.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -55,7 +56,8 @@ template <typename T>
 class Buf {
  public:
   Buf() = default;
-  explicit Buf(int64_t n) : ptr_(c10::GetCPUAllocator()->allocate(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)))) {
+  explicit Buf(int64_t n)
+      : ptr_(c10::GetCPUAllocator()->allocate(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)))) {
     static_assert(std::is_trivially_destructible_v<T>);
   }
   T* get() const { return static_cast<T*>(ptr_.get()); }
