@@ -19,6 +19,9 @@ TORCH_LIBRARY(grmseg_C, m) {
   m.def("local_affinity_forward(Tensor feat, int radius) -> Tensor");
   m.def("boundary_affinity_forward(Tensor boundary, int radius) -> Tensor");
   m.def("random_walk_forward(Tensor cam, Tensor aff, float beta, int steps) -> Tensor");
+  m.def(
+      "dense_crf_forward(Tensor unary, Tensor image, int iterations, float gaussian_sxy, float gaussian_weight, "
+      "float bilateral_sxy, float bilateral_srgb, float bilateral_weight) -> Tensor");
 }
 
 #ifdef GRMSEG_PYTHON_MODULE

@@ -43,17 +43,30 @@ inline int64_t radius_from_offsets(int64_t count, int64_t max_radius = 64) {
   return -1;
 }
 
-inline int64_t round_half_away(double v) { return static_cast<int64_t>(std::copysign(std::floor(std::fabs(v) + 0.5), v)); }
-
-// grmseg.reference.path_offsets: round(i * (dy, dx) / n), i = 0..n, n = max(|dy|, |dx|), half away from zero.
+// grmseg.reference.path_offsets (IRN's PathIndex): every pixel (y, x) of the bounding box of the segment
+// (0, 0) -> (dy, dx) with (dy x - dx y)^2 < dy^2 + dx^2 (squared perpendicular distance < 1, exact in integers),
+// sorted by (|y| + |x|, y, x): (0, 0) first, (dy, dx) last. Every point lies in the box of p and p + (dy, dx).
 inline std::vector<Offset> path_offsets(int64_t dy, int64_t dx) {
-  const int64_t n = std::max(std::abs(dy), std::abs(dx));
+  const int64_t length_sq = dy * dy + dx * dx;
   std::vector<Offset> out;
-  for (int64_t i = 0; i <= n; ++i) {
-    out.emplace_back(round_half_away(static_cast<double>(i * dy) / static_cast<double>(n)),
-                     round_half_away(static_cast<double>(i * dx) / static_cast<double>(n)));
+  for (int64_t y = std::min<int64_t>(0, dy); y <= std::max<int64_t>(0, dy); ++y) {
+    for (int64_t x = std::min<int64_t>(0, dx); x <= std::max<int64_t>(0, dx); ++x) {
+      const int64_t cross = dy * x - dx * y;
+      if (length_sq == 0 || cross * cross < length_sq) out.emplace_back(y, x);
+    }
   }
+  std::sort(out.begin(), out.end(), [](const Offset& a, const Offset& b) {
+    const int64_t la = std::abs(a.first) + std::abs(a.second), lb = std::abs(b.first) + std::abs(b.second);
+    return la != lb ? la < lb : a < b;
+  });
   return out;
+}
+
+// The most points of any path of the offsets of `radius`.
+inline int64_t max_path_length(int64_t radius) {
+  size_t n = 1;
+  for (const auto& o : affinity_offsets(radius)) n = std::max(n, path_offsets(o.first, o.second).size());
+  return static_cast<int64_t>(n);
 }
 
 inline bool is_float_type(at::ScalarType dt) {

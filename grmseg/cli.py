@@ -1,9 +1,10 @@
 """Command line: ``python -m grmseg <command>``.
 
-WSSS stages (settings by flags and/or ``--config file.json|yaml``; everything under ``--run-dir``):
-``train-cls``, ``make-cam``, (``train-aff``), ``refine``, ``train-seg``, ``eval``; ``demo`` runs them all on the synthetic
-dataset; ``ablation`` compares with/without the knowledge GCN head and with/without GRM. ``train-cls`` and
-``train-seg`` run data-parallel when launched by ``torchrun --nproc_per_node N -m grmseg ...``.
+WSSS stages (settings by flags and/or ``--config file.json|yaml`` or a shipped preset ``--config voc|coco``;
+everything under ``--run-dir``): ``train-cls``, ``make-cam``, ``train-irn`` (or ``train-aff``), ``refine``,
+``train-seg``, ``eval``; ``demo`` runs them all (synthetic data by default); ``ablation`` compares with/without the
+knowledge GCN head and with/without GRM. Training stages run data-parallel when launched by
+``torchrun --nproc_per_node N -m grmseg ...``.
 Also: ``layer-demo`` (GRM inside a torchvision DeepLabV3, one timed training step) and ``info``.
 """
 
@@ -15,7 +16,8 @@ import sys
 STAGE_HELP = {
     "train-cls": "train the multi-label classifier (+ knowledge GCN head)",
     "make-cam": "multi-scale + flip CAMs of the cam split",
-    "train-aff": "optional: train PSA's AffinityNet on the confident CAM regions (use with --aff-source affnet)",
+    "train-irn": "train IRN's boundary net on the confident CAM regions (aff_source irn, the default)",
+    "train-aff": "train PSA's AffinityNet on the confident CAM regions (aff_source affnet)",
     "refine": "affinity + random walk -> pseudo-mask PNGs",
     "train-seg": "train the segmentation net (GRM on/off) on the pseudo masks",
     "eval": "mIoU + confusion matrices of CAMs, pseudo masks and segmentation; report.md",
@@ -35,11 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     layer.add_argument("--device", default="cpu")
     layer.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="what was built and which backends run here")
+    syn = sub.add_parser("synthetic-data", help="write the synthetic scenes as a VOC or COCO folder of odd sizes")
+    syn.add_argument("--out", required=True, help="the folder to write (then: --dataset voc --data-root OUT)")
+    syn.add_argument("--layout", choices=("voc", "coco"), default="voc", help="folder layout and class indices")
+    syn.add_argument("--train-images", type=int, default=1024, help="images in the train split")
+    syn.add_argument("--val-images", type=int, default=128, help="images in the val split")
+    syn.add_argument("--seed", type=int, default=0, help="scene seed (the square dataset's scenes for the same seed)")
+    syn.add_argument("--min-size", type=int, default=61, help="smallest image side")
+    syn.add_argument("--max-size", type=int, default=95, help="largest image side (multiples of 16 are skipped)")
     for name, text in STAGE_HELP.items():
         add_config_arguments(sub.add_parser(name, help=text))
     demo = sub.add_parser("demo", help="the whole WSSS pipeline on the synthetic dataset (a few CPU minutes)")
     add_config_arguments(demo)
-    demo.add_argument("--resume", action="store_true", help="continue an earlier demo run instead of starting over")
+    demo.add_argument("--fresh", action="store_true",
+                      help="delete an earlier run in --run-dir first (default: resume it, skipping finished stages)")
     abl = sub.add_parser("ablation", help="knowledge GCN head on/off x GRM on/off on the synthetic dataset")
     add_config_arguments(abl)
     abl.add_argument("--quick", action="store_true", help="fewer images and epochs")
@@ -51,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         from grmseg.demo import run_demo
 
         run_demo(batch=args.batch, size=args.size, device=args.device, seed=args.seed)
+    elif args.command == "synthetic-data":
+        from grmseg.pipeline.datasets.synthetic import write_layout
+
+        root = write_layout(args.out, args.layout, args.train_images, args.val_images, args.seed, args.min_size,
+                            args.max_size)
+        print(f"wrote {args.train_images} + {args.val_images} images to {root} ({args.layout} layout); run e.g. "
+              f"python -m grmseg demo --dataset {args.layout} --data-root {root}")
     elif args.command == "info":
         import grmseg
 
@@ -67,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pipeline(args: argparse.Namespace) -> None:
     from grmseg.pipeline import runner, stages
+    from grmseg.pipeline import runtime as rt
     from grmseg.pipeline.config import config_from_args, demo_preset
+    from grmseg.pipeline.report import write_report
 
     if args.command == "demo":
         cfg = config_from_args(args, {**demo_preset(), "run_dir": "runs/demo"})
-        runner.run_demo(cfg, fresh=not args.resume)
+        runner.run_demo(cfg, fresh=args.fresh)
     elif args.command == "ablation":
         preset = {**demo_preset(), "run_dir": "runs/ablation"}
         if args.quick:
@@ -81,10 +101,9 @@ def _pipeline(args: argparse.Namespace) -> None:
         runner.run_ablation(cfg, seeds, fresh=args.fresh)
     else:
         cfg = config_from_args(args)
-        fn = {"train-cls": stages.train_cls, "make-cam": stages.make_cam, "train-aff": stages.train_aff,
-              "refine": stages.refine,
-              "train-seg": stages.train_seg, "eval": stages.evaluate}[args.command]
-        fn(cfg)
+        out = stages.STAGES[args.command](cfg)
+        if args.command == "eval" and rt.is_main():
+            write_report(cfg, out)
 
 
 if __name__ == "__main__":

@@ -102,13 +102,26 @@ def local_affinity(feat, radius):
     return out
 
 
+# IRN's path sets, worked out by hand: the pixels (y, x) of the offset's box with (dy x - dx y)^2 < dy^2 + dx^2.
+HAND_PATHS = {
+    (0, 1): {(0, 0), (0, 1)},
+    (0, 3): {(0, 0), (0, 1), (0, 2), (0, 3)},
+    (1, 0): {(0, 0), (1, 0)},
+    (1, 1): {(0, 0), (0, 1), (1, 0), (1, 1)},  # (x - y)^2 <= 1 < 2 everywhere in the box
+    (1, 2): {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)},  # (x - 2y)^2 <= 4 < 5
+    (2, 3): {(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3)},  # (2x - 3y)^2 < 13
+    (3, -1): {(0, 0), (0, -1), (1, 0), (1, -1), (2, 0), (2, -1), (3, 0), (3, -1)},  # (3x + y)^2 <= 9 < 10
+    (4, -2): {(0, 0), (0, -1), (1, 0), (1, -1), (2, 0), (2, -1), (2, -2), (3, -1), (3, -2), (4, -1), (4, -2)},
+    # (3x - 4y)^2 < 25: (1, 3) and (2, 1) lie at distance exactly 1 and are left out
+    (3, 4): {(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 2), (2, 3), (2, 4), (3, 3), (3, 4)},
+}
+
+
 def segment(dy, dx):
-    n = max(abs(dy), abs(dx))
-
-    def rnd(v):
-        return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
-
-    return [(rnd(t * dy / n), rnd(t * dx / n)) for t in range(n + 1)]
+    """IRN's path of (dy, dx) as a set: the pixels of the offset's box at distance < 1 from the segment."""
+    length = math.hypot(dy, dx)
+    box = [(y, x) for y in range(min(0, dy), max(0, dy) + 1) for x in range(min(0, dx), max(0, dx) + 1)]
+    return {(y, x) for y, x in box if abs(dy * x - dx * y) / length < 1.0}
 
 
 def boundary_affinity(boundary, radius):

@@ -30,7 +30,8 @@ def test_pipeline_commands_are_listed(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("train-cls", "make-cam", "refine", "train-seg", "eval", "demo", "ablation", "layer-demo"):
+    for command in ("train-cls", "make-cam", "train-irn", "train-aff", "refine", "train-seg", "eval", "demo", "ablation",
+                    "layer-demo", "synthetic-data"):
         assert command in out
 
 
@@ -47,3 +48,17 @@ def test_unknown_command_exits_with_usage():
 def test_demo_rejects_a_batch_of_one():
     with pytest.raises(ValueError, match="batch must be >= 2"):
         run_demo(batch=1)
+
+
+def test_synthetic_data_command_writes_a_coco_folder(tmp_path, capsys):
+    pytest.importorskip("PIL", reason="Pillow is not installed")
+    from grmseg.pipeline.datasets import COCOSegmentation
+
+    out = tmp_path / "coco"
+    assert main(["synthetic-data", "--out", str(out), "--layout", "coco", "--train-images", "3", "--val-images", "2"]) == 0
+    assert "--dataset coco" in capsys.readouterr().out
+    ds = COCOSegmentation(out, "val")
+    assert len(ds) == 2 and ds.num_classes == 81
+    s = ds[0]
+    assert s["image"].shape[:2] == s["mask"].shape and all(v % 16 for v in s["mask"].shape)
+    assert set(s["mask"].ravel().tolist()) <= {0, 1, 2, 3, 17, 18, 58}

@@ -83,6 +83,8 @@ SCHEMAS = {
     "local_affinity_forward": "(Tensor feat, int radius) -> Tensor",
     "boundary_affinity_forward": "(Tensor boundary, int radius) -> Tensor",
     "random_walk_forward": "(Tensor cam, Tensor aff, float beta, int steps) -> Tensor",
+    "dense_crf_forward": "(Tensor unary, Tensor image, int iterations, float gaussian_sxy, float gaussian_weight, "
+    "float bilateral_sxy, float bilateral_srgb, float bilateral_weight) -> Tensor",
 }
 
 

@@ -18,9 +18,10 @@ SCRIPT = textwrap.dedent("""
     stages.train_cls(cfg)
     assert dist.is_initialized() and dist.get_world_size() == 2 and dist.get_backend() == "gloo"
     stages.make_cam(cfg)
+    stages.train_irn(cfg)
     stages.refine(cfg)
     stages.train_seg(cfg)
-    stages.evaluate(cfg, write_report=False)
+    stages.evaluate(cfg)
     dist.destroy_process_group()
 """)
 
@@ -39,7 +40,7 @@ def test_two_process_gloo_training(tmp_path):
         capture_output=True, text=True, check=False, timeout=110, env=env, cwd=os.getcwd())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (run / "log.txt").read_text()
-    assert "[cls] epoch 2/2" in log and "[seg] epoch 2/2" in log
+    assert "[cls] epoch 2/2" in log and "[seg] epoch 2/2" in log and "[irn] epoch 1/1" in log
     assert "(16 images" in log and "2 process(es)" in log  # the epoch loss is all-reduced over both processes
     assert "[rank 1]" in log and "[rank 0]" in log
     assert (run / "cls" / "model.pt").is_file() and (run / "seg" / "model.pt").is_file()

@@ -5,7 +5,7 @@ import torch
 
 from grmseg import GRM, ops
 from grmseg.models import MultiLabelClassifier, ResNetBackbone, SegmentationNet, TinyBackbone
-from grmseg.pipeline.stages import class_name_embeddings, knowledge_graph
+from grmseg.pipeline.common import class_name_embeddings, knowledge_graph
 
 NAMES = ["background", "person", "bicycle", "horse", "car", "dog", "sofa"]
 

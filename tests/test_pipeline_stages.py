@@ -11,8 +11,10 @@ from PIL import Image
 
 from grmseg.cli import main
 from grmseg.pipeline import stages
+from grmseg.pipeline.common import load_cam, open_dataset
 from grmseg.pipeline.config import PipelineConfig, tiny_preset
 from grmseg.pipeline.datasets import SYNTHETIC_CLASSES
+from grmseg.pipeline.stages.make_cam import cam_to_mask
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,6 +40,7 @@ def test_demo_writes_every_output(demo_run, capsys):
     cfg = PipelineConfig.from_dict(json.loads((run / "config.json").read_text()))
     n_train = cfg.syn_train_images
     assert (run / "cls" / "model.pt").is_file() and (run / "seg" / "model.pt").is_file()
+    assert (run / "irn" / "model.pt").is_file()
     assert len(list((run / "cams").glob("*.npz"))) == n_train
     pngs = sorted((run / "pseudo").glob("*.png"))
     assert len(pngs) == n_train
@@ -46,7 +49,10 @@ def test_demo_writes_every_output(demo_run, capsys):
     assert len(list((run / "seg_pred").glob("*.png"))) == cfg.syn_val_images
     assert not list(run.rglob("*.tmp*")), "temporary files left behind"
     res = json.loads((run / "eval" / "eval.json").read_text())["results"]
-    assert set(res) == {"CAM", "pseudo mask", "segmentation (GRM)"}
+    assert set(res) == {"CAM", "pseudo mask", "segmentation (GRM)", "segmentation (GRM) + CRF"}
+    assert len(list((run / "seg_pred_crf").glob("*.png"))) == cfg.syn_val_images
+    assert (run / "eval" / "confusion_segmentation_grm_crf.csv").is_file()
+    assert len(list((run / "ir_label").glob("*.png"))) == n_train  # the confident regions (CRF-refined)
     for r in res.values():
         assert 0.0 <= r["miou"] <= 1.0
         assert np.asarray(r["confusion"]).shape == (7, 7)
@@ -55,26 +61,27 @@ def test_demo_writes_every_output(demo_run, capsys):
     fig = Image.open(run / "figures" / "examples.png")
     assert fig.size[0] > 5 * cfg.syn_size
     log = (run / "log.txt").read_text()
-    assert "[cls] epoch 1/1" in log and "[eval]" in log
+    assert "[cls] epoch 1/1" in log and "[irn] epoch 1/1" in log and "[eval]" in log
 
 
 def test_cam_file_and_masks(demo_run):
     run, _ = demo_run
     cfg = PipelineConfig.from_dict(json.loads((run / "config.json").read_text()))
-    ds = stages.open_dataset(cfg, "train")
+    ds = open_dataset(cfg, "train")
     s = ds[0]
-    cam = stages.load_cam(run / "cams" / f"{s['id']}.npz")
+    cam = load_cam(run / "cams" / f"{s['id']}.npz")
     assert cam["keys"].tolist() == (np.flatnonzero(s["labels"]) + 1).tolist()
     assert cam["high_res"].shape == (len(cam["keys"]), cfg.syn_size, cfg.syn_size)
     assert cam["cam"].shape[1:] == (cfg.syn_size // 4, cfg.syn_size // 4)
     assert 0 <= cam["high_res"].min() and cam["high_res"].max() <= 1.0
-    mask = stages.cam_to_mask(cam, 0.2)
+    assert cam["stride"] == 4
+    mask = cam_to_mask(cam, 0.2)
     assert set(np.unique(mask)) <= {0, *cam["keys"].tolist()}
 
 
 def test_stages_skip_done_work_and_eval_again(demo_run, capsys):
     run, _ = demo_run
-    for stage in ("train-cls", "make-cam", "refine", "train-seg"):
+    for stage in ("train-cls", "make-cam", "train-irn", "refine", "train-seg"):
         assert main([stage, "--config", str(run / "config.json")]) == 0
     out = capsys.readouterr().out
     assert "done already" in out and "0 new CAM files" in out and "0 new pseudo masks" in out
@@ -127,45 +134,68 @@ def test_ablation_command_on_tiny_config(tmp_path, capsys):
     assert (tmp_path / "abl" / "gcn-off-s0" / "seg_nogrm" / "model.pt").is_file()
 
 
-def test_every_stage_on_a_fake_voc_folder(tmp_path, capsys):
-    from grmseg.pipeline.datasets import save_png_atomic, voc_palette
+@pytest.fixture(scope="module")
+def odd_voc(tmp_path_factory):
+    """The synthetic scenes as a VOC2012 folder: JPEGs and palette PNGs of odd sizes in 61..95, none a multiple
+    of 16 (the layout a new user brings)."""
+    from grmseg.pipeline.datasets.synthetic import write_layout
 
-    root = tmp_path / "VOC2012"
-    ids = [f"2007_{i:06d}" for i in range(6)]
-    g = np.random.default_rng(0)
-    for k, i in enumerate(ids):
-        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-        h, w = 24 + 2 * k, 30 - k  # sizes differ, as in VOC
-        Image.fromarray(g.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
-        m = np.zeros((h, w), np.uint8)
-        m[4:14, 5:15] = 1 + (k % 3) * 7  # aeroplane / car / dog
-        m[0, :] = 255
-        save_png_atomic(root / "SegmentationClassAug" / f"{i}.png", m, voc_palette())
-    sets = root / "ImageSets" / "Segmentation"
-    sets.mkdir(parents=True)
-    (sets / "train_aug.txt").write_text("\n".join(ids[:4]))
-    (sets / "val.txt").write_text("\n".join(ids[4:]))
-    flags = ["--run-dir", str(tmp_path / "run"), "--dataset", "voc", "--data-root", str(root),
-             "--train-split", "train_aug", "--cam-split", "train_aug", "--val-split", "val", "--crop-size", "16",
-             "--width", "4", "--gcn-hidden", "8", "--cls-epochs", "1", "--cls-batch", "2", "--seg-epochs", "1",
-             "--seg-batch", "2", "--cam-scales", "1.0", "--rw-steps", "4", "--aff-radius", "2", "--aspp-channels",
-             "8", "--aspp-rates", "1", "--grm-node-dim", "8", "--grm-key-dim", "4", "--num-figures", "2",
-             "--no-progress", "--threads", "1"]
-    with pytest.raises(ValueError, match="set crop_size"):
-        main(["train-cls", *flags, "--crop-size", "0", "--run-dir", str(tmp_path / "nocrop")])
-    for stage in ("train-cls", "make-cam", "refine", "train-seg", "eval"):
+    return write_layout(tmp_path_factory.mktemp("voc") / "VOC2012", "voc", train_images=12, val_images=4)
+
+
+TINY_VOC_FLAGS = ["--width", "4", "--gcn-hidden", "8", "--cls-epochs", "1", "--cls-batch", "4", "--irn-epochs", "1",
+                  "--irn-batch", "4", "--irn-radius", "3", "--seg-epochs", "1", "--seg-batch", "4", "--cam-scales",
+                  "1.0,0.5", "--rw-steps", "4", "--aff-radius", "3", "--aspp-channels", "8", "--aspp-rates", "1",
+                  "--grm-node-dim", "8", "--grm-key-dim", "4", "--num-figures", "2", "--no-progress", "--threads", "1"]
+
+
+def test_voc_layout_has_odd_sizes_and_voc_labels(odd_voc):
+    from grmseg.pipeline.datasets import VOCSegmentation
+
+    ds = VOCSegmentation(odd_voc, "train")
+    sizes = {ds[i]["image"].shape[:2] for i in range(len(ds))}
+    assert len(sizes) > 3 and all(61 <= h <= 95 and 61 <= w <= 95 and h % 16 and w % 16 for h, w in sizes)
+    present = set().union(*(np.unique(ds[i]["mask"]).tolist() for i in range(len(ds))))
+    assert present <= {0, 15, 2, 13, 7, 12, 18} and len(present) > 2  # person, bicycle, horse, car, dog, sofa
+
+
+def test_demo_on_an_odd_size_voc_folder(odd_voc, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["demo", "--dataset", "voc", "--data-root", str(odd_voc), "--run-dir", str(run),
+                 *TINY_VOC_FLAGS]) == 0
+    res = json.loads((run / "eval" / "eval.json").read_text())
+    assert len(res["class_names"]) == 21
+    assert res["results"]["segmentation (GRM)"]["images"] == 4 and res["results"]["pseudo mask"]["images"] == 12
+    from grmseg.pipeline.datasets import VOCSegmentation
+
+    ds = VOCSegmentation(odd_voc, "train")
+    for i in range(len(ds)):
+        s = ds[i]
+        mask = np.asarray(Image.open(run / "pseudo" / f"{s['id']}.png"))
+        assert mask.shape == s["image"].shape[:2]
+        assert set(np.unique(mask).tolist()) <= {0, *(np.flatnonzero(s["labels"]) + 1).tolist()}
+        cam = load_cam(run / "cams" / f"{s['id']}.npz")
+        h, w = s["image"].shape[:2]
+        assert cam["cam"].shape[1:] == (-(-h // 4), -(-w // 4)) and cam["high_res"].shape[1:] == (h, w)
+    assert "mIoU" in (run / "report.md").read_text()
+
+
+def test_each_stage_on_an_odd_size_voc_folder(odd_voc, tmp_path):
+    flags = ["--run-dir", str(tmp_path / "run"), "--dataset", "voc", "--data-root", str(odd_voc), *TINY_VOC_FLAGS,
+             "--cls-crop-size", "48", "--irn-crop-size", "48", "--seg-crop-size", "40"]
+    with pytest.raises(ValueError, match="cls-crop-size"):
+        main(["train-cls", *flags, "--cls-crop-size", "0", "--run-dir", str(tmp_path / "nocrop")])
+    for stage in ("train-cls", "make-cam", "train-irn", "refine", "train-seg", "eval"):
         assert main([stage, *flags]) == 0
     res = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
-    assert len(res["class_names"]) == 21
-    assert res["results"]["segmentation (GRM)"]["images"] == 2 and res["results"]["CAM"]["images"] == 4
-    mask = np.asarray(Image.open(tmp_path / "run" / "pseudo" / f"{ids[1]}.png"))
-    assert mask.shape == (26, 29)
+    assert set(res["results"]) == {"CAM", "pseudo mask", "segmentation (GRM)"}  # eval_crf is off by default
 
 
 def test_affinity_net_stage(demo_run, tmp_path, capsys):
     import shutil
 
-    from grmseg.pipeline.affinity_net import affinity_loss, confident_labels
+    from grmseg.pipeline.affinity_net import affinity_loss
+    from grmseg.pipeline.confident_regions import confident_labels
 
     lab = confident_labels(np.array([2, 5]), np.array([[[0.9, 0.3], [0.0, 0.0]], [[0.1, 0.95], [0.02, 0.6]]],
                                                       np.float32), conf_fg=0.5, conf_bg=0.05)

@@ -79,10 +79,15 @@ def test_boundary_affinity_matches_loops(radius):
     close(ref.boundary_affinity(boundary, radius), loops.boundary_affinity(boundary, radius))
 
 
-def test_segment_covers_both_ends():
-    assert ref.path_offsets(0, 3) == [(0, 0), (0, 1), (0, 2), (0, 3)]
-    assert ref.path_offsets(2, -4) == loops.segment(2, -4)
-    assert ref.path_offsets(2, -4)[0] == (0, 0) and ref.path_offsets(2, -4)[-1] == (2, -4)
+def test_path_sets_are_irn_paths():
+    for (dy, dx), pts in loops.HAND_PATHS.items():
+        path = ref.path_offsets(dy, dx)
+        assert set(path) == pts and len(path) == len(pts), (dy, dx)
+        assert path[0] == (0, 0) and path[-1] == (dy, dx), (dy, dx)
+    for r in (2, 3, 5, 7, 10):
+        for dy, dx in ref.affinity_offsets(r):
+            assert set(ref.path_offsets(dy, dx)) == loops.segment(dy, dx), (dy, dx)
+    assert sum(len(ref.path_offsets(dy, dx)) for dy, dx in ref.affinity_offsets(5)) == 242  # a thin line: 130
 
 
 @pytest.mark.parametrize("radius,beta,steps", [(2, 1.0, 1), (3, 8.0, 3), (2, 10.0, 0)])

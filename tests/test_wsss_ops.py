@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import loops
 import pytest
 import torch
 from _tolerance import assert_close
@@ -121,14 +122,53 @@ def test_local_affinity_matches_reference(device, backend, radius):
 
 
 @pytest.mark.parametrize("device,backend", CASES)
-@pytest.mark.parametrize("radius", RADII)
-def test_boundary_affinity_matches_reference(device, backend, radius):
+@pytest.mark.parametrize("radius", [1, 2, 3, 4, 5, 6, 7, 10])
+@pytest.mark.parametrize("size", [(13, 17), (21, 9)])
+def test_boundary_affinity_matches_reference(device, backend, radius, size):
     _uses("boundary_affinity_forward", device, backend)
-    bd = torch.rand(2, 1, 13, 17, generator=_gen(radius), dtype=torch.float64)
+    bd = torch.rand(2, 1, *size, generator=_gen(radius), dtype=torch.float64)
     oracle = reference.boundary_affinity(bd, radius)
     out = gops.boundary_affinity(bd.float().to(device), radius, backend=backend)
     assert out.shape == oracle.shape and out.is_contiguous()
-    assert_close(out, oracle, name=f"boundary_affinity r={radius}")
+    assert_close(out, oracle, name=f"boundary_affinity r={radius} {size}")
+    for d, (dy, dx) in enumerate(reference.affinity_offsets(radius)):
+        inside = torch.zeros(size, dtype=torch.bool)
+        inside[: max(0, size[0] - dy), max(0, -dx) : max(0, min(size[1], size[1] - dx))] = True
+        assert (out[:, d].cpu()[:, ~inside] == 0).all(), f"offset {(dy, dx)}: pairs leaving the map are 0"
+
+
+def _probed_paths(device, backend, radius):
+    """The path set of every offset as the backend computes it, read off its output: a single boundary pixel c
+    (1, everything else 0) gives aff[d, p] = 0 exactly where c - p is on the path of offset d."""
+    n = 2 * radius + 1
+    bd = torch.zeros(1, 1, n, n, dtype=torch.float32)
+    bd[0, 0, radius, radius] = 1.0
+    out = gops.boundary_affinity(bd.to(device), radius, backend=backend).cpu()[0]
+    found = {}
+    for d, (dy, dx) in enumerate(reference.affinity_offsets(radius)):
+        inside = torch.zeros(n, n, dtype=torch.bool)
+        inside[: n - dy, max(0, -dx) : min(n, n - dx)] = True
+        on_path = inside & (out[d] == 0)
+        assert (out[d][inside & ~on_path] == 1).all() and (out[d][~inside] == 0).all(), (dy, dx)
+        found[(dy, dx)] = {(radius - i, radius - j) for i, j in on_path.nonzero().tolist()}
+    return found
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_boundary_paths_are_irn_paths(device, backend):
+    """Each backend's path sets, probed through its output, are IRN's: the hand-derived ones, the reference's
+    (``path_offsets``: so the C++ and Triton tables equal the Python ones), 242 pixels at radius 5."""
+    _uses("boundary_affinity_forward", device, backend)
+    for radius in (5, 6, 10):
+        found = _probed_paths(device, backend, radius)
+        for (dy, dx), pts in found.items():
+            assert pts == set(reference.path_offsets(dy, dx)), f"r={radius} offset {(dy, dx)}: {sorted(pts)}"
+            if (dy, dx) in loops.HAND_PATHS:
+                assert pts == loops.HAND_PATHS[(dy, dx)], f"offset {(dy, dx)}"
+        if radius == 5:
+            assert sum(len(pts) for pts in found.values()) == 242
+        if radius == 6:
+            assert set(loops.HAND_PATHS) <= set(found)
 
 
 @pytest.mark.parametrize("device,backend", CASES)

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from grmseg import reference
-from grmseg.pipeline.cam_aggregation import aggregate_cams, multiscale_cams
 from grmseg.pipeline.pseudo_masks import (
     IGNORE_INDEX,
     background_channel,
@@ -94,65 +93,28 @@ def test_propagate_irn_and_psa():
     aff = reference.boundary_affinity(bd, 5)
     irn = propagate(cams, aff, beta=10.0, steps=7, bg_threshold=0.25, boundary=bd, backend="reference")
     assert irn.shape == (2, 4, 9, 11) and torch.isfinite(irn).all()
-    assert (irn[:, 0] == 0.25).all() and irn[:, 1:].amax() <= 1
+    assert (irn[:, 0] == 0.25).all() and irn[:, 1:].amax() == 1
     walked = reference.random_walk(cams * (1 - bd), aff, 10.0, 7)
-    torch.testing.assert_close(irn[:, 1:], walked / (walked.flatten(1).amax(1)[:, None, None, None] + 1e-5))
-    psa = propagate(cams, aff, beta=8.0, steps=7, bg_threshold=None, bg_alpha=16.0, backend="csrc")
-    expected = reference.random_walk(with_background(cams, alpha=16.0), aff, 8.0, 7)
+    torch.testing.assert_close(irn[:, 1:], walked / walked.flatten(1).amax(1)[:, None, None, None])
+    # IRN on the image: upsample by exactly the stride, crop, then divide by the maximum of the upsampled walk
+    up = propagate(cams, aff, beta=10.0, steps=7, bg_threshold=0.25, boundary=bd, stride=4, image_size=(34, 43),
+                   backend="reference")
+    by_hand = F.interpolate(walked, scale_factor=4, mode="bilinear", align_corners=False)[..., :34, :43]
+    torch.testing.assert_close(up[:, 1:], by_hand / by_hand.flatten(1).amax(1)[:, None, None, None])
+    assert up.shape == (2, 4, 34, 43) and (up[:, 0] == 0.25).all()
+    # PSA: background (1 - max)^alpha of the full-size CAMs, average-pooled with them onto the grid, walked
+    full = torch.rand(2, 3, 34, 43, generator=g)
+    psa = propagate(full, aff, beta=8.0, steps=7, bg_threshold=None, bg_alpha=16.0, stride=4, image_size=(34, 43),
+                    backend="csrc")
+    scores = with_background(full, alpha=16.0)
+    pooled = F.avg_pool2d(F.pad(scores, (0, 1, 0, 2)), 4)
+    assert pooled.shape[-2:] == (9, 11)
+    expected = reference.random_walk(pooled, aff, 8.0, 7)
+    expected = F.interpolate(expected, scale_factor=4, mode="bilinear", align_corners=False)[..., :34, :43]
     torch.testing.assert_close(psa, expected, rtol=1e-4, atol=1e-5)
     masks = scores_to_labels(irn)
     assert masks.shape == (2, 9, 11) and masks.max() <= 3
+    zero = propagate(torch.zeros(1, 2, 9, 11), aff[:1], beta=10.0, steps=3, bg_threshold=0.25, backend="reference")
+    assert (scores_to_labels(zero) == 0).all() and torch.isfinite(zero).all()
 
 
-def test_aggregate_cams_single_flip_and_sizes():
-    g = torch.Generator().manual_seed(1)
-    a = torch.rand(2, 3, 8, 10, generator=g)
-    one = aggregate_cams([a])
-    torch.testing.assert_close(one, a / (a.amax(dim=(2, 3), keepdim=True) + 1e-5))
-    # a map computed on the mirrored image is flipped back: a + flip(flip(a)) = 2a normalises to the same
-    torch.testing.assert_close(aggregate_cams([a, a.flip(-1)], flipped=[False, True]), one)
-    small = torch.rand(2, 3, 4, 5, generator=g)
-    labels = torch.tensor([[1, 0, 1], [0, 1, 1]])
-    out = aggregate_cams([a, small], labels=labels)
-    total = a + F.interpolate(small, size=(8, 10), mode="bilinear", align_corners=False)
-    expected = total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5) * labels[:, :, None, None]
-    torch.testing.assert_close(out, expected)
-    assert aggregate_cams([a], size=(16, 20)).shape == (2, 3, 16, 20)
-    with pytest.raises(ValueError, match="flipped"):
-        aggregate_cams([a], flipped=[True, False])
-    with pytest.raises(ValueError):
-        aggregate_cams([])
-
-
-def test_multiscale_cams_irn_and_fused():
-    torch.manual_seed(2)
-    conv = torch.nn.Conv2d(3, 16, kernel_size=3, stride=4, padding=1)
-
-    def features(x):
-        return torch.relu(conv(x))
-
-    image = torch.randn(2, 3, 32, 40)
-    weight = torch.randn(5, 16)
-    labels = torch.tensor([[1, 0, 0, 1, 1], [0, 1, 0, 0, 0]])
-    scales = (1.0, 0.5, 1.5)
-    out = multiscale_cams(features, image, weight, scales=scales, labels=labels)
-    # IRN by hand: raw ReLU scores of the image and its mirror, resized to the scale-1.0 map, summed, normalised
-    maps = []
-    for s in scales:
-        img = image if s == 1.0 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
-        for flip in (False, True):
-            x = img.flip(-1) if flip else img
-            cam = torch.relu(torch.einsum("kc,bchw->bkhw", weight, features(x)))
-            maps.append(cam.flip(-1) if flip else cam)
-    size = maps[0].shape[-2:]
-    total = sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
-    expected = total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5) * labels[:, :, None, None]
-    with torch.no_grad():
-        torch.testing.assert_close(out, expected.detach(), rtol=1e-4, atol=1e-5)
-    assert out.shape == (2, 5, 8, 10) and out.max() <= 1
-    fused = multiscale_cams(features, image, weight, scales=scales, labels=labels, normalise_each=True,
-                            backend="csrc", size=(16, 20))
-    assert fused.shape == (2, 5, 16, 20) and torch.isfinite(fused).all()
-    assert (fused[0, 1] == 0).all() and (fused[1, 0] == 0).all()
-    present = fused.amax(dim=(2, 3))[labels.bool()]
-    assert (present > 0.99).all()

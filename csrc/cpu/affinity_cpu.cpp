@@ -3,13 +3,15 @@
 //
 //   local:    feat [B, C, h, w]     -> aff [B, D, h, w],  aff[d, p] = exp(-mean_c |f(p) - f(p + o_d)|)
 //   boundary: boundary [B, 1, h, w] -> aff [B, D, h, w],  aff[d, p] = 1 - max of the boundary on the path p -> p + o_d
-//   0 where p + o_d leaves the map; offsets and paths as grmseg.reference (csrc/wsss.h).
+//   0 where p + o_d leaves the map; offsets and paths (IRN's: every pixel of the offset's box within distance 1
+//   of the segment) as grmseg.reference (csrc/wsss.h).
 //
 // Both run one task per (batch, pixel row) under at::parallel_for. The input is first converted to a contiguous
 // tensor of the accumulation type (fp32 for half inputs, fp64 for fp64). local: for each channel the row and its
 // neighbour rows are read once and |f(p) - f(p + o_d)| is added to a D x w accumulator (which stays in L1); the
 // inner loops run over contiguous x ranges, so they vectorise. boundary: a running max per offset over the path
-// points, again over contiguous x ranges.
+// points (a max is exact in any order, so the result does not depend on the thread count), again over
+// contiguous x ranges. Every path point lies in the box of p and p + o_d, so all are inside when p + o_d is.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -2,8 +2,8 @@
 //
 //   local:    feat [B, C, h, w]     -> aff [B, D, h, w],  aff[d, p] = exp(-mean_c |f(p) - f(p + o_d)|)
 //   boundary: boundary [B, 1, h, w] -> aff [B, D, h, w],  aff[d, p] = 1 - max of the boundary on the path p -> p + o_d
-//   0 where p + o_d leaves the map; offsets and paths as grmseg.reference (csrc/wsss.h), copied to the device
-//   as small int32 tables.
+//   0 where p + o_d leaves the map; offsets and paths (IRN's: every pixel of the offset's box within distance 1
+//   of the segment) as grmseg.reference (csrc/wsss.h), copied to the device as small int32 tables.
 //
 // One thread per output element (grid-stride), pixels fastest, so the loads of f(p) and f(p + o_d) (any strides)
 // are coalesced along x and the neighbour rows are shared through L1 by the threads of the other offsets.
@@ -60,19 +60,20 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     boundary_affinity_kernel(const scalar_t* __restrict__ bd, int64_t sb, int64_t sh, int64_t sw,
-                             const int32_t* __restrict__ paths, int L, scalar_t* __restrict__ out, int64_t B,
-                             int64_t H, int64_t W, int64_t D) {
+                             const int32_t* __restrict__ offs, const int32_t* __restrict__ paths, int L,
+                             scalar_t* __restrict__ out, int64_t B, int64_t H, int64_t W, int64_t D) {
   const int64_t P = H * W, total = B * D * P;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t p = i % P, d = (i / P) % D, bi = i / P / D;
     const int64_t y = p / W, x = p % W;
-    const int32_t* path = paths + d * L * 2;  // point 0 is (0, 0), point L - 1 the offset itself
-    const int64_t qy = y + path[2 * (L - 1)], qx = x + path[2 * (L - 1) + 1];
+    const int64_t qy = y + offs[2 * d], qx = x + offs[2 * d + 1];
     acc_t r = acc_t(0);
+    // Every path point lies in the box of p and p + o_d, so all are inside the map when p + o_d is.
     if (qy >= 0 && qy < H && qx >= 0 && qx < W) {
       const scalar_t* b = bd + bi * sb;
-      acc_t m = static_cast<acc_t>(b[y * sh + x * sw]);
+      const int32_t* path = paths + d * L * 2;  // L points (the shorter paths padded by repeating a point)
+      acc_t m = static_cast<acc_t>(b[(y + path[0]) * sh + (x + path[1]) * sw]);
       for (int j = 1; j < L; ++j) {
         const acc_t v = static_cast<acc_t>(b[(y + path[2 * j]) * sh + (x + path[2 * j + 1]) * sw]);
         m = v > m ? v : m;
@@ -133,11 +134,13 @@ at::Tensor boundary_affinity_forward_cuda(const at::Tensor& boundary, int64_t ra
   const int64_t D = static_cast<int64_t>(offs.size());
   at::Tensor out = at::empty({B, D, H, W}, boundary.options());
   if (out.numel() == 0) return out;
-  const int L = static_cast<int>(std::max<int64_t>(1, radius));  // a path has at most radius points
-  std::vector<int32_t> flat;
+  const int L = static_cast<int>(wsss::max_path_length(radius));  // IRN paths: up to ~2 radius points
+  std::vector<int32_t> flat, flat_offs;
   for (const auto& o : offs) {
+    flat_offs.push_back(static_cast<int32_t>(o.first));
+    flat_offs.push_back(static_cast<int32_t>(o.second));
     auto pts = wsss::path_offsets(o.first, o.second);
-    while (static_cast<int>(pts.size()) < L) pts.push_back(pts.back());  // pad with the end point
+    while (static_cast<int>(pts.size()) < L) pts.push_back(pts.back());  // a repeated point: harmless for a max
     for (const auto& pt : pts) {
       flat.push_back(static_cast<int32_t>(pt.first));
       flat.push_back(static_cast<int32_t>(pt.second));
@@ -145,6 +148,8 @@ at::Tensor boundary_affinity_forward_cuda(const at::Tensor& boundary, int64_t ra
   }
   const at::Tensor table =
       at::from_blob(flat.data(), {static_cast<int64_t>(flat.size())}, at::kInt).to(boundary.device());
+  const at::Tensor offs_table =
+      at::from_blob(flat_offs.data(), {static_cast<int64_t>(flat_offs.size())}, at::kInt).to(boundary.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boundary.scalar_type(), "boundary_affinity_forward_cuda",
                                   [&] {
@@ -152,7 +157,8 @@ at::Tensor boundary_affinity_forward_cuda(const at::Tensor& boundary, int64_t ra
                                     boundary_affinity_kernel<scalar_t, acc_t>
                                         <<<grid_for(out.numel()), kThreads, 0, stream>>>(
                                             boundary.const_data_ptr<scalar_t>(), boundary.stride(0),
-                                            boundary.stride(2), boundary.stride(3), table.const_data_ptr<int32_t>(),
+                                            boundary.stride(2), boundary.stride(3),
+                                            offs_table.const_data_ptr<int32_t>(), table.const_data_ptr<int32_t>(),
                                             L, out.mutable_data_ptr<scalar_t>(), B, H, W, D);
                                     C10_CUDA_KERNEL_LAUNCH_CHECK();
                                   });

@@ -2,9 +2,11 @@
 //
 //   cam [B, K, h, w], aff [B, D, h, w], beta, steps  ->  cam_vec @ T^steps  [B, K, h, w]
 //
-// The dense N x N transition matrix is never formed: `steps` local passes over the 1 + 2D neighbours of every
-// pixel j, y_j <- sum_n wts[n, j] y_{j + s_n} (s_0 = (0, 0), s_{1..D} = +o_d, s_{D+1..2D} = -o_d), with the
-// normalised powered weights wts [B, 1 + 2D, P] computed once (walk_weights_kernel, one thread per pixel).
+// The dense N x N transition matrix is never formed: `steps` local passes over the NN = 2D neighbours of every
+// pixel j, y_j <- y_j + sum_n wts[n, j] (y_{j + s_n} - y_j) (s_{0..D-1} = +o_d, s_{D..2D-1} = -o_d), the scheme
+// and numerics of csrc/cpu/random_walk_cpu.cpp: the normalised powered weights wts [B, NN, P] are computed once
+// (walk_weights_kernel, one thread per pixel, the normaliser summed in fp64), and the pass sums weighted
+// differences, so the column sums of T are exactly 1 and the rounding scales with y_i - y_j, not with y.
 // Two pass strategies, fp32 state (fp64 for fp64):
 // * small maps (<= kFusedMaxPixels, where a launch per pass would cost more than the pass): walk_fused_kernel,
 //   one block per (batch, class) runs every pass on the state in shared memory (twice P values, <= 16 KiB),
@@ -41,30 +43,29 @@ inline unsigned grid_for(int64_t total) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks)));
 }
 
-// wts [B, NN, P] from aff [B, D, H, W] (contiguous, accumulation type); nb [NN, 2] the shifts.
+// wts [B, NN, P] from aff [B, D, H, W] (contiguous, accumulation type); nb [NN, 2] the shifts (+o_d, then -o_d).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     walk_weights_kernel(const acc_t* __restrict__ aff, const int32_t* __restrict__ nb, acc_t* __restrict__ wts,
                         int64_t B, int64_t D, int64_t H, int64_t W, acc_t beta) {
-  const int64_t P = H * W, NN = 1 + 2 * D;
+  const int64_t P = H * W, NN = 2 * D;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * P;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t bi = i / P, p = i % P, y = p / W, x = p % W;
     const acc_t* ab = aff + bi * D * P;
     acc_t* wb = wts + bi * NN * P + p;
-    acc_t dsum = acc_t(1);
+    double dsum = 1.0;
     for (int64_t d = 0; d < D; ++d) {
-      const int64_t dy = nb[2 * (1 + d)], dx = nb[2 * (1 + d) + 1];
+      const int64_t dy = nb[2 * d], dx = nb[2 * d + 1];
       acc_t wf = acc_t(0), wbk = acc_t(0);
       if (y + dy >= 0 && y + dy < H && x + dx >= 0 && x + dx < W) wf = pow_acc(ab[d * P + p], beta);
       if (y - dy >= 0 && y - dy < H && x - dx >= 0 && x - dx < W) wbk = pow_acc(ab[d * P + p - dy * W - dx], beta);
-      wb[(1 + d) * P] = wf;
-      wb[(1 + D + d) * P] = wbk;
-      dsum += wf + wbk;
+      wb[d * P] = wf;
+      wb[(D + d) * P] = wbk;
+      dsum += static_cast<double>(wf) + static_cast<double>(wbk);
     }
-    const acc_t inv = acc_t(1) / dsum;
-    wb[0] = inv;
-    for (int64_t n = 1; n < NN; ++n) wb[n * P] *= inv;  // written by this thread above
+    const double inv = 1.0 / dsum;
+    for (int64_t n = 0; n < NN; ++n) wb[n * P] = static_cast<acc_t>(static_cast<double>(wb[n * P]) * inv);
   }
 }
 
@@ -81,9 +82,12 @@ __global__ void __launch_bounds__(kThreads)
     const int nk = static_cast<int>(K - k0 < kKG ? K - k0 : kKG);
     const acc_t* sb = src + (bi * K + k0) * P;
     const acc_t* wb = wts + bi * NN * P + p;
-    acc_t acc[kKG];
+    acc_t acc[kKG], yc[kKG];
 #pragma unroll
-    for (int kk = 0; kk < kKG; ++kk) acc[kk] = acc_t(0);
+    for (int kk = 0; kk < kKG; ++kk) {
+      acc[kk] = acc_t(0);
+      yc[kk] = kk < nk ? sb[kk * P + p] : acc_t(0);
+    }
     for (int64_t n = 0; n < NN; ++n) {
       const int64_t sy = __ldg(nb + 2 * n), sx = __ldg(nb + 2 * n + 1);
       if (y + sy < 0 || y + sy >= H || x + sx < 0 || x + sx >= W) continue;  // its weight is 0
@@ -91,13 +95,13 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t q = p + sy * W + sx;
 #pragma unroll
       for (int kk = 0; kk < kKG; ++kk) {
-        if (kk < nk) acc[kk] += wn * sb[kk * P + q];
+        if (kk < nk) acc[kk] += wn * (sb[kk * P + q] - yc[kk]);
       }
     }
     acc_t* db = dst + (bi * K + k0) * P + p;
 #pragma unroll
     for (int kk = 0; kk < kKG; ++kk) {
-      if (kk < nk) db[kk * P] = acc[kk];
+      if (kk < nk) db[kk * P] = yc[kk] + acc[kk];
     }
   }
 }
@@ -120,13 +124,14 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t s = 0; s < steps; ++s) {
     for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
       const int64_t py = p / W, px = p % W;
+      const acc_t yc = cur[p];
       acc_t acc = acc_t(0);
       for (int64_t n = 0; n < NN; ++n) {
         const int64_t sy = __ldg(nb + 2 * n), sx = __ldg(nb + 2 * n + 1);
         if (py + sy < 0 || py + sy >= H || px + sx < 0 || px + sx >= W) continue;
-        acc += wb[n * P + p] * cur[p + sy * W + sx];
+        acc += wb[n * P + p] * (cur[p + sy * W + sx] - yc);
       }
-      nxt[p] = acc;
+      nxt[p] = yc + acc;
     }
     __syncthreads();
     acc_t* t = cur;
@@ -145,8 +150,8 @@ at::Tensor random_walk_forward_cuda(const at::Tensor& cam, const at::Tensor& aff
   if (steps == 0 || cam.numel() == 0) return cam.clone(at::MemoryFormat::Contiguous);
   const auto offs = wsss::affinity_offsets(radius);
   const int64_t B = cam.size(0), K = cam.size(1), H = cam.size(2), W = cam.size(3);
-  const int64_t D = static_cast<int64_t>(offs.size()), NN = 1 + 2 * D, P = H * W;
-  std::vector<int32_t> flat{0, 0};
+  const int64_t D = static_cast<int64_t>(offs.size()), NN = 2 * D, P = H * W;
+  std::vector<int32_t> flat;
   for (const auto& o : offs) {
     flat.push_back(static_cast<int32_t>(o.first));
     flat.push_back(static_cast<int32_t>(o.second));
@@ -155,6 +160,7 @@ at::Tensor random_walk_forward_cuda(const at::Tensor& cam, const at::Tensor& aff
     flat.push_back(static_cast<int32_t>(-o.first));
     flat.push_back(static_cast<int32_t>(-o.second));
   }
+  if (flat.empty()) flat = {0, 0};  // radius 1 (no neighbours): a dummy pair, so the table is never empty
   const at::Tensor nb = at::from_blob(flat.data(), {static_cast<int64_t>(flat.size())}, at::kInt).to(cam.device());
   const at::ScalarType acc_type = at::toOpMathType(cam.scalar_type());
   const at::Tensor a = aff.to(acc_type).contiguous();

@@ -1,7 +1,9 @@
 """Backbones for the WSSS pipeline: torchvision ResNets (weights from a path, or random) and a tiny CNN.
 
-Every backbone maps ``[B, 3, H, W] -> [B, C, H / s, W / s]`` and exposes ``out_channels`` (C) and
-``output_stride`` (s).
+Every backbone maps ``[B, 3, H, W] -> [B, C, ceil(H / s), ceil(W / s)]`` (its strided convolutions round up, so
+cell ``i`` covers pixels ``[s i, s i + s)``: see :mod:`grmseg.pipeline.geometry`) and exposes ``out_channels``
+(C) and ``output_stride`` (s). ``levels(x)`` returns the feature map after every stage (IRN's boundary branch
+reads them all), with ``level_channels`` and ``level_strides``; the last level is the output.
 """
 
 from __future__ import annotations
@@ -40,10 +42,20 @@ class TinyBackbone(nn.Module):
         )
         self.out_channels = 4 * w
         self.output_stride = 4
+        self.level_channels = (w, 2 * w, 2 * w, 4 * w, 4 * w)
+        self.level_strides = (2, 4, 4, 4, 4)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, 3, H, W] -> [B, 4 * width, ceil(H / 4), ceil(W / 4)]``."""
         return self.features(x)
+
+    def levels(self, x: Tensor) -> list[Tensor]:
+        """The output of each of the five convs (strides 2, 4, 4, 4, 4)."""
+        out = []
+        for layer in self.features:
+            x = layer(x)
+            out.append(x)
+        return out
 
 
 class ResNetBackbone(nn.Module):
@@ -86,10 +98,21 @@ class ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = net.fc.in_features
         self.output_stride = output_stride
+        widths = [m.conv1.out_channels * (4 if hasattr(m, "conv3") else 1) for m in
+                  (net.layer1[0], net.layer2[0], net.layer3[0], net.layer4[0])]
+        self.level_channels = (64, *widths)
+        self.level_strides = (4, 4, 8, 16, output_stride)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, 3, H, W] -> [B, C, H / s, W / s]`` (C = 512 for resnet18/34, 2048 for resnet50/101)."""
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+    def levels(self, x: Tensor) -> list[Tensor]:
+        """Stem (after the max pool), layer1, layer2, layer3, layer4 (IRN's stage1..stage5)."""
+        out = [self.stem(x)]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            out.append(layer(out[-1]))
+        return out
 
 
 def build_backbone(name: str = "tiny", width: int = 16, weights_path: str | os.PathLike | None = None,

@@ -8,6 +8,7 @@ Callers (``grmseg.nn``, the pipeline, users) call these functions; the backend (
 from grmseg.ops._backends import BACKEND_NAMES, BackendStatus, backends, selected
 from grmseg.ops.affinity import boundary_affinity, local_affinity, random_walk
 from grmseg.ops.cam import cam
+from grmseg.ops.crf import dense_crf
 from grmseg.ops.graph import graph_conv
 from grmseg.ops.grm import grm_project, grm_reproject
 from grmseg.reference import affinity_offsets
@@ -19,6 +20,7 @@ __all__ = [
     "backends",
     "boundary_affinity",
     "cam",
+    "dense_crf",
     "graph_conv",
     "grm_project",
     "grm_reproject",

@@ -44,6 +44,7 @@ KERNEL_NAMES = (
     "local_affinity_forward",
     "boundary_affinity_forward",
     "random_walk_forward",
+    "dense_crf_forward",
 )
 ENV_VAR = "GRMSEG_BACKEND"
 _PREFERENCE = {"cuda": ("triton", "csrc", "reference"), "cpu": ("csrc", "reference")}

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from grmseg.ops import _backends
+from grmseg.ops import _backends, _validate
 
 
 def _run(kernel: str, device: torch.device, backend: str, *args):
@@ -185,3 +185,23 @@ def random_walk(cam: Tensor, aff: Tensor, beta: float, steps: int, backend: str)
 @random_walk.register_fake
 def _(cam, aff, beta, steps, backend):
     return torch.empty_like(cam, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("grmseg::dense_crf", mutates_args=())
+def dense_crf(
+    unary: Tensor, image: Tensor, iterations: int, gaussian_sxy: float, gaussian_weight: float,
+    bilateral_sxy: float, bilateral_srgb: float, bilateral_weight: float, backend: str,
+) -> Tensor:
+    # The value checks read the data, so they run here, at run time (opaque to torch.compile), for every backend.
+    _validate.probabilities("dense_crf", "unary", unary)
+    _validate.image_values("dense_crf", "image", image)
+    return _run(
+        "dense_crf_forward", unary.device, backend, unary, image, iterations, gaussian_sxy, gaussian_weight,
+        bilateral_sxy, bilateral_srgb, bilateral_weight,
+    )
+
+
+@dense_crf.register_fake
+def _(unary, image, iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight,
+      backend):
+    return torch.empty_like(unary, memory_format=torch.contiguous_format)

@@ -1,10 +1,13 @@
 """Input checks shared by the public ops: clear errors that name the argument, expected and received.
 
 Shape and device problems raise ValueError, dtype problems TypeError. Nothing is broadcast or cast.
-The checks only read shapes, dtypes and devices, so they trace cleanly under ``torch.compile``.
+The checks only read shapes, dtypes and devices, so they trace cleanly under ``torch.compile``; the value checks
+(:func:`probabilities`, :func:`image_values`) read the data and are called inside the custom ops, at run time.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -61,3 +64,32 @@ def positive_int(op: str, name: str, value: object, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{op}: argument '{name}' must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def number(op: str, name: str, value: object, *, positive: bool = False) -> float:
+    """A finite real number (not bool), ``> 0`` when ``positive``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{op}: argument '{name}' must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{op}: argument '{name}' must be > 0, got {value!r}")
+    return float(value)
+
+
+def probabilities(op: str, name: str, t: Tensor) -> None:
+    """Every value of ``t`` is finite and in ``[0, 1]`` (one pass: NaN and inf show in the min or the max)."""
+    if t.numel() == 0:
+        return
+    lo, hi = (v.item() for v in torch.aminmax(t.detach()))
+    if not (lo >= 0.0 and hi <= 1.0):  # False for NaN too
+        raise ValueError(
+            f"{op}: argument '{name}' must hold probabilities (finite, in [0, 1]), got values in [{lo}, {hi}]"
+        )
+
+
+def image_values(op: str, name: str, t: Tensor) -> None:
+    """A uint8 image, or a float image whose values are finite and in ``[0, 255]``."""
+    if t.dtype == torch.uint8 or t.numel() == 0:
+        return
+    lo, hi = (v.item() for v in torch.aminmax(t.detach()))
+    if not (lo >= 0.0 and hi <= 255.0):
+        raise ValueError(f"{op}: argument '{name}' must be RGB in 0..255 (finite), got values in [{lo}, {hi}]")

@@ -2,19 +2,19 @@
 
 Features ``f = head(backbone(x))``; the affinity of two pixels within the radius is PSA's
 ``exp(-mean_c |f_i - f_j|)`` (:func:`grmseg.ops.local_affinity` at inference). Training pairs come from the
-CAMs: pixels confidently of one class (CAM above ``conf_fg``), confidently background (every CAM below
-``conf_bg``), or unknown (ignored). Loss (PSA): ``-log a`` for same-label pairs (background and foreground
-pairs averaged separately), ``-log(1 - a)`` for pairs of different labels.
+confident regions of the CAMs (:mod:`grmseg.pipeline.confident_regions`): pixels confidently of one class,
+confidently background, or unknown (ignored). Loss (PSA, and IRN's for its boundary net, :func:`pair_loss`): ``-log a``
+for same-label pairs (background and foreground pairs averaged separately), ``-log(1 - a)`` for pairs of
+different labels. Every in-map pair is used (PSA drops pairs whose source lies in a 4-pixel border of the
+crop, IRN a ``radius - 1`` border; grmseg keeps them: the offsets never leave the map).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from grmseg.models.backbones import build_backbone
-from grmseg.pipeline.pseudo_masks import confident_masks
 from grmseg.reference import affinity_offsets
 from grmseg.reference import local_affinity as local_affinity_differentiable
 
@@ -35,26 +35,10 @@ class AffinityNet(nn.Module):
         self.backbone = build_backbone(backbone, width, weights_path, output_stride)
         self.head = nn.Sequential(nn.Conv2d(self.backbone.out_channels, dim, 1, bias=False), nn.BatchNorm2d(dim),
                                   nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1))
+        self.output_stride = self.backbone.output_stride
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
-
-
-def confident_labels(keys: np.ndarray, cam: np.ndarray, conf_fg: float, conf_bg: float) -> np.ndarray:
-    """IRN's confident regions of one image's CAMs (:func:`grmseg.pipeline.pseudo_masks.confident_masks`).
-
-    Args:
-        keys: ``[n]`` 1-based classes of the CAM channels.  cam: ``[n, h, w]`` in ``[0, 1]``.
-        conf_fg: a pixel is confidently class k where CAM_k is the largest and above this.
-        conf_bg: a pixel is confidently background where every CAM is at most this.
-
-    Returns:
-        uint8 ``[h, w]``: class index, 0 (background) or 255 (unknown).
-    """
-    out = confident_masks(torch.from_numpy(np.ascontiguousarray(cam, np.float32))[None], conf_fg=conf_fg,
-                          conf_bg=conf_bg, class_indices=torch.from_numpy(np.asarray(keys)).long(),
-                          ignore_index=IGNORE)
-    return out[0].numpy().astype(np.uint8)
 
 
 def _shift(t: Tensor, dy: int, dx: int, fill: int) -> Tensor:
@@ -67,8 +51,46 @@ def _shift(t: Tensor, dy: int, dx: int, fill: int) -> Tensor:
     return out
 
 
+def pair_masks(labels: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The training pairs of an affinity: for every offset ``d`` of radius ``radius`` and pixel ``p`` with both
+    ``p`` and ``p + o_d`` in the map and of known label (not 255).
+
+    Args:
+        labels: ``[B, h, w]`` long, from :func:`confident_labels` on the grid of the affinity.
+
+    Returns:
+        ``(bg_pos, fg_pos, neg)`` bool ``[B, D, h, w]``: both background; both the same object class;
+        different labels.
+    """
+    planes = [_shift(labels, dy, dx, IGNORE) for dy, dx in affinity_offsets(radius)]
+    other = torch.stack(planes, dim=1)  # [B, D, h, w]
+    here = labels[:, None].expand_as(other)
+    known = (here != IGNORE) & (other != IGNORE)
+    same = known & (here == other)
+    return same & (here == 0), same & (here > 0), known & (here != other)
+
+
+def pair_loss(aff: Tensor, labels: Tensor, radius: int, eps: float = 1e-5) -> tuple[Tensor, dict[str, float]]:
+    """PSA's / IRN's affinity loss: ``-log a`` on same-label pairs (background and foreground pairs averaged
+    separately, then halved each), ``-log(1 - a)`` on pairs of different labels; the two halves averaged.
+
+    Args:
+        aff: ``[B, D, h, w]`` affinities in ``[0, 1]`` (differentiable).  labels: ``[B, h, w]`` long.
+        radius: the radius of ``aff``'s offsets.  eps: inside the logs (IRN: 1e-5).
+
+    Returns:
+        ``(loss, {"bg_pos", "fg_pos", "neg": pair counts})``.
+    """
+    bg_pos, fg_pos, neg = pair_masks(labels, radius)
+    pos = -torch.log(aff + eps)
+    terms = [(pos * m).sum() / (m.sum() + eps) for m in (bg_pos, fg_pos)]
+    neg_term = (-torch.log(1 + eps - aff) * neg).sum() / (neg.sum() + eps)
+    loss = (terms[0] / 2 + terms[1] / 2 + neg_term) / 2
+    return loss, {"bg_pos": float(bg_pos.sum()), "fg_pos": float(fg_pos.sum()), "neg": float(neg.sum())}
+
+
 def affinity_loss(feat: Tensor, labels: Tensor, radius: int) -> tuple[Tensor, dict[str, float]]:
-    """PSA's affinity loss.
+    """PSA's AffinityNet loss: :func:`pair_loss` of ``exp(-mean_c |f_i - f_j|)``.
 
     Args:
         feat: ``[B, C, h, w]`` AffinityNet features.  labels: ``[B, h, w]`` long from :func:`confident_labels`.
@@ -77,19 +99,4 @@ def affinity_loss(feat: Tensor, labels: Tensor, radius: int) -> tuple[Tensor, di
     Returns:
         ``(loss, {"bg_pos", "fg_pos", "neg": pair counts})``.
     """
-    aff = local_affinity_differentiable(feat, radius)  # [B, D, h, w], differentiable plain PyTorch
-    planes = [_shift(labels, dy, dx, IGNORE) for dy, dx in affinity_offsets(radius)]
-    other = torch.stack(planes, dim=1)  # [B, D, h, w]
-    here = labels[:, None].expand_as(other)
-    known = (here != IGNORE) & (other != IGNORE)
-    same = known & (here == other)
-    bg_pos = same & (here == 0)
-    fg_pos = same & (here > 0)
-    neg = known & (here != other)
-    eps = 1e-5
-    terms = []
-    for mask, value in ((bg_pos, -torch.log(aff + eps)), (fg_pos, -torch.log(aff + eps)),
-                        (neg, -torch.log(1 - aff + eps))):
-        terms.append(value[mask].sum() / mask.sum().clamp_min(1))
-    loss = terms[0] / 2 + terms[1] / 2 + terms[2]
-    return loss, {"bg_pos": float(bg_pos.sum()), "fg_pos": float(fg_pos.sum()), "neg": float(neg.sum())}
+    return pair_loss(local_affinity_differentiable(feat, radius), labels, radius)

@@ -19,15 +19,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from grmseg import ops
+from grmseg.geometry import upsample_to_image
 
 __all__ = [
     "IGNORE_INDEX",
     "background_channel",
     "confident_masks",
     "propagate",
+    "psa_grid_scores",
     "pseudo_masks",
     "scores_to_labels",
     "with_background",
@@ -188,6 +191,25 @@ def confident_masks(
     return torch.where((fg == 0) & (bg == 0), torch.zeros_like(fg), out)
 
 
+def psa_grid_scores(high_res: Tensor, stride: int, alpha: float) -> Tensor:
+    """PSA's walk input: background ``(1 - max fg)^alpha`` at full CAM resolution, then ``stride x stride``
+    average pooling of background and classes onto the stride grid (the image zero-padded to a stride multiple).
+
+    Args:
+        high_res: ``[B, K, H, W]`` normalised CAMs on the image pixels.  stride: the grid (PSA: 8).
+
+    Returns:
+        ``[B, 1 + K, ceil(H / stride), ceil(W / stride)]``, channel 0 the background.
+    """
+    _check_cams(high_res, "high_res")
+    full = with_background(high_res, alpha=alpha)
+    if stride == 1:
+        return full
+    h, w = full.shape[-2:]
+    full = F.pad(full, (0, -w % stride, 0, -h % stride))
+    return F.avg_pool2d(full, stride)
+
+
 def propagate(
     cams: Tensor,
     aff: Tensor,
@@ -197,31 +219,45 @@ def propagate(
     bg_threshold: float | None = 0.25,
     bg_alpha: float | None = None,
     boundary: Tensor | None = None,
+    stride: int = 1,
+    image_size: tuple[int, int] | None = None,
     backend: str = "auto",
 ) -> Tensor:
-    """Random-walk refinement of CAMs into background-first scores (the input of :func:`scores_to_labels`).
+    """Random-walk refinement of CAMs into background-first scores on the image (input of :func:`scores_to_labels`).
 
-    IRN (``bg_threshold``): the foreground CAMs (times ``1 - boundary`` when given) are walked, divided by their
-    maximum over classes and pixels of each image (+1e-5), and the constant background channel is prepended.
-    PSA (``bg_alpha``): the background ``(1 - max fg)^alpha`` is prepended first and walked with the classes.
+    IRN (``bg_threshold``): ``cams`` are on the stride grid of ``aff``; they are multiplied by ``1 - boundary``
+    (when given), walked, upsampled by exactly ``stride`` onto ``image_size`` (and cropped), divided by the
+    maximum over classes and pixels of each image, and the constant background channel is prepended.
+    PSA (``bg_alpha``): ``cams`` are at full resolution (``image_size``); :func:`psa_grid_scores` pools them with
+    their background onto the grid, the walk runs on all channels, and the result is upsampled back.
 
     Args:
-        cams: ``[B, K, h, w]`` normalised CAMs.  aff: ``[B, D, h, w]`` affinities (local or boundary).
+        cams: IRN ``[B, K, h, w]`` on the grid; PSA ``[B, K, H, W]`` on the pixels.  aff: ``[B, D, h, w]``.
         beta, steps: of :func:`grmseg.ops.random_walk` (IRN 10 / 256, PSA 8 / 256).
-        bg_threshold / bg_alpha: exactly one.  boundary: ``[B, 1, h, w]`` in ``[0, 1]`` or None (IRN mode only).
+        bg_threshold / bg_alpha: exactly one.  boundary: ``[B, 1, h, w]`` in ``[0, 1]`` or None (IRN only).
+        stride: the grid stride of ``aff``.  image_size: ``(H, W)``; None: the scores stay on the grid (IRN;
+            PSA then needs ``stride == 1``).
         backend: as for :func:`grmseg.ops.random_walk`.
 
     Returns:
-        ``[B, 1 + K, h, w]`` scores, channel 0 the background.
+        ``[B, 1 + K, H, W]`` (or ``[B, 1 + K, h, w]``) scores, channel 0 the background. An image whose walked
+        scores are all zero is all background.
     """
     _check_cams(cams)
     _check_background(bg_threshold, bg_alpha)
-    if cams.shape[1] == 0:  # nothing to walk: background only
-        return with_background(cams, threshold=bg_threshold, alpha=bg_alpha)
     if bg_alpha is not None:
-        scores = with_background(cams, alpha=bg_alpha)
-        return ops.random_walk(scores, aff.to(scores.dtype), beta, steps, backend=backend)
+        if image_size is None and stride != 1:
+            raise ValueError("propagate: PSA mode needs 'image_size' when stride > 1 (its CAMs are full size)")
+        scores = psa_grid_scores(cams, stride, bg_alpha)
+        walked = ops.random_walk(scores, aff.to(scores.dtype), beta, steps, backend=backend)
+        return walked if image_size is None else upsample_to_image(walked, stride, image_size)
+    if cams.shape[1] == 0:  # nothing to walk: background only
+        out = cams if image_size is None else cams.new_zeros(cams.shape[0], 0, *image_size)
+        return with_background(out, threshold=bg_threshold)
     x = cams if boundary is None else cams * (1.0 - boundary.to(cams.dtype))
     rw = ops.random_walk(x, aff.to(x.dtype), beta, steps, backend=backend)
-    top = rw.flatten(1).amax(dim=1).clamp_min(0.0)[:, None, None, None]
-    return with_background(rw / (top + 1e-5), threshold=bg_threshold)
+    if image_size is not None:
+        rw = upsample_to_image(rw, stride, image_size)
+    top = rw.flatten(1).amax(dim=1)[:, None, None, None]
+    rw = torch.where(top > 0, rw / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(rw))
+    return with_background(rw, threshold=bg_threshold)

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from grmseg.pipeline import stages
+from grmseg.pipeline.common import load_cam, open_dataset, stage_device, to_tensor
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.datasets import load_mask, save_png_atomic
 from grmseg.pipeline.metrics import format_table
+from grmseg.pipeline.stages.train_seg import load_segmenter, predict, seg_dir
 from grmseg.pipeline.visualize import cam_heatmap, colorize, figure
 
 
@@ -21,20 +22,20 @@ def write_figures(cfg: PipelineConfig, num: int | None = None) -> Path | None:
     num = cfg.num_figures if num is None else num
     if num <= 0:
         return None
-    ds = stages.open_dataset(cfg, cfg.cam_split)
-    dev = stages._device(cfg)
-    seg_path = run / stages._seg_dir(cfg) / "model.pt"
-    model = stages.load_segmenter(cfg, dev) if seg_path.is_file() else None
+    ds = open_dataset(cfg, cfg.cam_split)
+    dev = stage_device(cfg)
+    seg_path = run / seg_dir(cfg) / "model.pt"
+    model = load_segmenter(cfg, dev) if seg_path.is_file() else None
     rows = []
     for i in range(min(num, len(ds))):
         s = ds[i]
         cp, pp = run / "cams" / f"{s['id']}.npz", run / "pseudo" / f"{s['id']}.png"
         cam = None
         if cp.is_file():
-            c = stages.load_cam(cp)
+            c = load_cam(cp)
             cam = cam_heatmap(s["image"], c["high_res"], c["keys"])
         pseudo = colorize(load_mask(pp, ds.num_classes)) if pp.is_file() else None
-        pred = colorize(stages.predict(model, stages.to_tensor(s["image"]).to(dev))) if model is not None else None
+        pred = colorize(predict(model, to_tensor(s["image"]).to(dev))) if model is not None else None
         gt = colorize(s["mask"]) if s["mask"] is not None else None
         rows.append([s["image"], cam, pseudo, pred, gt])
     if not rows:
@@ -58,7 +59,7 @@ def write_report(cfg: PipelineConfig, results: dict[str, Any], extra: str = "") 
     """``<run>/report.md``: the mIoU table, the example figure, the settings. Returns its path."""
     run = Path(cfg.run_dir)
     fig = write_figures(cfg)
-    names = stages.open_dataset(cfg, cfg.cam_split).class_names
+    names = open_dataset(cfg, cfg.cam_split).class_names
     table = format_table({f"{k} ({v['split']}, {v['images']} images)": v for k, v in results.items()}, names)
     lines = [
         f"# grmseg WSSS run: {run.name}",

@@ -1,4 +1,4 @@
-"""``demo`` (every stage on the synthetic data, with the mIoU table) and ``ablation`` (GCN head x GRM)."""
+"""``demo`` (every stage with the mIoU table) and ``ablation`` (GCN head x GRM)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,33 @@ from pathlib import Path
 from typing import Any
 
 from grmseg.pipeline import runtime as rt
-from grmseg.pipeline import stages
 from grmseg.pipeline.config import PipelineConfig
+from grmseg.pipeline.report import write_report
+from grmseg.pipeline.stages import STAGES, pipeline_stages
 
-STAGES = (("train-cls", stages.train_cls), ("make-cam", stages.make_cam), ("refine", stages.refine),
-          ("train-seg", stages.train_seg))
+
+def remove_run(run: Path) -> None:
+    """Delete a run folder (``--fresh``); FileExistsError when it is not a grmseg run folder."""
+    if run.exists() and rt.is_main():
+        if not (run / "config.json").is_file() and any(run.iterdir()):
+            raise FileExistsError(f"{str(run)!r} exists and is not a grmseg run folder (no config.json); choose "
+                                  "another --run-dir")
+        shutil.rmtree(run)
 
 
-def run_all(cfg: PipelineConfig) -> tuple[dict[str, Any], dict[str, float]]:
-    """Run every stage then ``eval``; returns (results of :func:`grmseg.pipeline.stages.evaluate`, seconds per
-    stage)."""
+def run_all(cfg: PipelineConfig, extra_report: str = "") -> tuple[dict[str, Any], dict[str, float]]:
+    """Run every stage of ``cfg`` (:func:`grmseg.pipeline.stages.pipeline_stages`), each skipping what is done,
+    then ``eval`` and the report; returns (results of :func:`grmseg.pipeline.stages.evaluate`, seconds per stage)."""
     times: dict[str, float] = {}
-    todo = list(STAGES)
-    if cfg.aff_source == "affnet":
-        todo.insert(2, ("train-aff", stages.train_aff))
-    for name, fn in todo:
+    results: dict[str, Any] = {}
+    for name in pipeline_stages(cfg):
         t0 = time.perf_counter()
-        fn(cfg)
+        out = STAGES[name](cfg)
         times[name] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results = stages.evaluate(cfg)
-    times["eval"] = time.perf_counter() - t0
+        if name == "eval":
+            results = out
+    if rt.is_main():
+        write_report(cfg, results, extra=extra_report)
     return results, times
 
 
@@ -37,43 +43,30 @@ def miou_lines(results: dict[str, Any]) -> list[str]:
     return [f"  {k + ' (' + v['split'] + ')':<34} mIoU {100 * v['miou']:5.1f} %" for k, v in results.items()]
 
 
-def run_demo(cfg: PipelineConfig, fresh: bool = True) -> dict[str, Any]:
-    """The pipeline demo: synthetic data, train-cls -> make-cam -> refine -> train-seg (GRM) -> eval.
+def run_demo(cfg: PipelineConfig, fresh: bool = False) -> dict[str, Any]:
+    """The pipeline demo: train-cls -> make-cam -> train-irn -> refine -> train-seg (GRM) -> eval.
 
     Prints the mIoU of the CAMs, of the pseudo masks after the random walk and of the GRM segmentation, and
-    writes ``<run_dir>/report.md``. ``fresh`` removes an earlier run in ``run_dir`` first.
+    writes ``<run_dir>/report.md``. An earlier run in ``run_dir`` is resumed (finished stages are skipped);
+    ``fresh`` deletes it first.
 
     Returns:
         ``{"results": ..., "seconds": {stage: s}, "total_seconds": s, "report": path}``.
     """
     run = Path(cfg.run_dir)
-    if fresh and run.exists() and rt.is_main():
-        if not (run / "config.json").is_file() and any(run.iterdir()):
-            raise FileExistsError(f"demo: {str(run)!r} exists and is not a grmseg run folder; choose another "
-                                  "--run-dir")
-        shutil.rmtree(run)
+    if fresh:
+        remove_run(run)
     log = rt.get_logger(cfg.run_dir)
     t0 = time.perf_counter()
-    log.info(f"grmseg WSSS demo on the synthetic dataset ({cfg.syn_train_images} train / {cfg.syn_val_images} val "
-             f"images of {cfg.syn_size}x{cfg.syn_size}), run folder {run}")
-    results, times = run_all(cfg)
+    what = (f"the synthetic dataset ({cfg.syn_train_images} train / {cfg.syn_val_images} val images of "
+            f"{cfg.syn_size}x{cfg.syn_size})" if cfg.dataset == "synthetic" else f"{cfg.dataset} at {cfg.data_root}")
+    log.info(f"grmseg WSSS demo on {what}, run folder {run}")
+    notes = ("## Notes\n\nThe CAM threshold, the confident-region thresholds and the background threshold of the "
+             "demo preset were chosen once on training images with their masks, as WSSS papers tune them on the "
+             "training set.")
+    results, times = run_all(cfg, extra_report=notes)
     total = time.perf_counter() - t0
-    if rt.is_main():
-        from grmseg.pipeline.report import write_report
-
-        notes = [
-            "## Notes",
-            "",
-            (f"Time per stage on this machine: {', '.join(f'{k} {v:.0f} s' for k, v in times.items())}; "
-             f"total {total:.0f} s."),
-            "",
-            ("The CAM threshold, the background threshold and the affinity settings (classifier features scaled "
-             f"by {cfg.aff_scale}, image colour weight {cfg.aff_rgb_weight}, beta {cfg.rw_beta}) were chosen once "
-             "on 150 training images with their masks, as WSSS papers tune them on the training set. Without the "
-             "colour term the random walk on the classifier's features alone did not improve on the CAMs here."),
-        ]
-        write_report(cfg, results, extra="\n".join(notes))
-    log.info("\nmIoU on the synthetic data:")
+    log.info(f"\nmIoU on {cfg.dataset}:")
     for line in miou_lines(results):
         log.info(line)
     log.info("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s")
@@ -97,7 +90,7 @@ def run_ablation(cfg: PipelineConfig, seeds: tuple[int, ...] = (0,), fresh: bool
     """
     base = Path(cfg.run_dir)
     if fresh and base.exists() and rt.is_main():
-        shutil.rmtree(base)
+        shutil.rmtree(base)  # holds one run folder per arm, no config.json of its own
     log = rt.get_logger(cfg.run_dir)
     rows = []
     for seed in seeds:

@@ -6,8 +6,9 @@ kernel serves every radius. Program ``(b, pixel block, offset block)`` owns an `
 ``[B, D, h, w]`` output (contiguous); a pair whose far end ``p + o_d`` leaves the map gets 0.
 
 * local: ``aff[d, p] = exp(-mean_c |f(p) - f(p + o_d)|)``; the channel loop gathers the shifted pixels.
-* boundary: ``aff[d, p] = 1 - max`` of the boundary map over the path of ``grmseg.reference.path_offsets``,
-  passed as ``[D, L, 2]`` int32 points padded by repeating the end point (harmless for a max).
+* boundary: ``aff[d, p] = 1 - max`` of the boundary map over the path pixels of ``grmseg.reference.path_offsets``
+  (IRN's: every pixel of the offset's box within distance 1 of the segment), passed as ``[D, L, 2]`` int32 points,
+  ``L`` the longest path, the shorter ones padded by repeating a point (harmless for a max).
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def local_affinity_kernel(
 
 @triton.jit
 def boundary_affinity_kernel(
-    bd_ptr, path_ptr, out_ptr,
+    bd_ptr, off_ptr, path_ptr, out_ptr,
     H, W, D, L, NPB, NDB,
     sbb, sbh, sbw,
     BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, INT64: tl.constexpr,
 ):
-    """``out [B, D, H, W]`` (contiguous, output dtype) of ``bd [B, 1, H, W]`` (any strides) and the padded paths
-    ``[D, L, 2]`` (point 0 is ``(0, 0)``, point ``L - 1`` the offset itself)."""
+    """``out [B, D, H, W]`` (contiguous, output dtype) of ``bd [B, 1, H, W]`` (any strides), the offsets
+    ``[D, 2]`` and the padded paths ``[D, L, 2]``."""
     pid = tl.program_id(0)
     db = pid % NDB
     pb = (pid // NDB) % NPB
@@ -80,9 +81,8 @@ def boundary_affinity_kernel(
     px = offs_p % W
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    end = path_ptr + (offs_d * L + L - 1) * 2
-    dy = tl.load(end, mask=d_mask, other=0)
-    dx = tl.load(end + 1, mask=d_mask, other=0)
+    dy = tl.load(off_ptr + 2 * offs_d, mask=d_mask, other=0)
+    dx = tl.load(off_ptr + 2 * offs_d + 1, mask=d_mask, other=0)
     qy = py[None, :] + dy[:, None]
     qx = px[None, :] + dx[:, None]
     # Every point of the path lies in the box spanned by p and p + o_d, so all are inside when the end is.
@@ -91,16 +91,15 @@ def boundary_affinity_kernel(
     base = bd_ptr + bi * sbb
     py = offsets(py, INT64)
     px = offsets(px, INT64)
-    mx = tl.load(base + py * sbh + px * sbw, mask=p_mask, other=0.0).to(tl.float32)
-    mx = tl.broadcast_to(mx[None, :], (BLOCK_D, BLOCK_P))
+    mx = tl.zeros((BLOCK_D, BLOCK_P), dtype=tl.float32) - float("inf")
     pt = path_ptr + offs_d * (2 * L)
-    for _ in range(1, L):
-        pt += 2
+    for _ in range(L):
         sy = tl.load(pt, mask=d_mask, other=0)
         sx = tl.load(pt + 1, mask=d_mask, other=0)
         v = tl.load(base + (py[None, :] + sy[:, None]) * sbh + (px[None, :] + sx[:, None]) * sbw,
                     mask=valid, other=0.0).to(tl.float32)
         mx = tl.maximum(mx, v)
+        pt += 2
     aff = tl.where(valid, 1.0 - mx, 0.0)
     out = out_ptr + (bi * D + offsets(offs_d, INT64)[:, None]) * P + offs_p[None, :]
     tl.store(out, aff.to(out_ptr.dtype.element_ty), mask=d_mask[:, None] & p_mask[None, :])

@@ -3,17 +3,19 @@ Kernels only: the launch policy (which kernel, block sizes) lives in ``grmseg.op
 
 Per pixel ``j`` (``DESIGN.md``; ``grmseg.ops.impl.local_walk`` is the same scheme in PyTorch):
 
-    y_j <- inv_d_j * (y_j + sum_d w+_d(j) y_{j + o_d} + w-_d(j) y_{j - o_d})
+    y_j <- y_j + inv_d_j * (sum_d w+_d(j) (y_{j + o_d} - y_j) + w-_d(j) (y_{j - o_d} - y_j))
 
 with ``w+_d(j) = aff[d, j]^beta``, ``w-_d(j) = aff[d, j - o_d]^beta`` (0 where the neighbour leaves the map) and
-``inv_d_j = 1 / (1 + sum_d w+_d(j) + w-_d(j))``. The classes are independent, so a program may own a block of
-classes of one image for the whole walk.
+``inv_d_j = 1 / (1 + sum_d w+_d(j) + w-_d(j))``: ``sum_i T_ij y_i`` written as weighted differences, so the
+column sums of ``T`` are exactly 1 whatever the rounding of the weights and the fp32 rounding of a pass scales
+with ``y_i - y_j``, not with ``y`` (as the csrc kernels). The classes are independent, so a program may own a
+block of classes of one image for the whole walk.
 
-* ``rw_weights_kernel`` precomputes, once, the normalised fp32 weights ``wts [B, 1 + 2D, P]`` of the
-  ``1 + 2D`` neighbours ``j + s_n`` listed in ``nb [1 + 2D, 2]`` (``s_0 = (0, 0)``, then ``+o_d``, then
-  ``-o_d``): plane 0 ``inv_d``, planes ``1 .. D`` ``w+ inv_d``, planes ``D + 1 .. 2D`` ``w- inv_d``. A pass is
-  then ``y_j <- sum_n wts[n, j] y_{j + s_n}``, taken ``BLOCK_N`` neighbours at a time (a ``[BLOCK_N, BLOCK_K,
-  BLOCK_P]`` gather: large under the interpreter, where each operation costs, small on a GPU).
+* ``rw_weights_kernel`` precomputes, once, the normalised fp32 weights ``wts [B, 2D, P]`` of the ``2D``
+  neighbours ``j + s_n`` listed in ``nb [2D, 2]`` (``+o_d``, then ``-o_d``): planes ``0 .. D - 1`` ``w+ inv_d``,
+  planes ``D .. 2D - 1`` ``w- inv_d``. A pass is then ``y_j <- y_j + sum_n wts[n, j] (y_{j + s_n} - y_j)``,
+  taken ``BLOCK_N`` neighbours at a time (a ``[BLOCK_N, BLOCK_K, BLOCK_P]`` gather: large under the
+  interpreter, where each operation costs, small on a GPU).
 * ``rw_step_kernel``: one pass, program ``(b, class block, pixel block)``; the adapter launches it once per
   step, ping-ponging two fp32 state buffers (big maps: every SM busy).
 * ``rw_fused_kernel``: every pass in one launch; program ``(b, class block)`` walks the whole map for each step,
@@ -70,7 +72,7 @@ def rw_weights_kernel(
     BETA_INT: tl.constexpr, BETA_ODD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
     INT64: tl.constexpr,
 ):
-    """``wts [B, 1 + 2D, P]`` (fp32, contiguous) of ``aff [B, D, H, W]`` (any strides) and offsets ``[D, 2]``.
+    """``wts [B, 2D, P]`` (fp32, contiguous) of ``aff [B, D, H, W]`` (any strides) and offsets ``[D, 2]``.
     Two sweeps over the offsets: the column sums first, then the normalised weights (recomputed, not re-read)."""
     pid = tl.program_id(0)
     pb = pid % NPB
@@ -82,7 +84,7 @@ def rw_weights_kernel(
     py = offs_p // W
     px = offs_p % W
     a_base = aff_ptr + bi * sab
-    w_base = w_ptr + bi * (1 + 2 * D) * P
+    w_base = w_ptr + bi * (2 * D) * P
     dsum = tl.zeros((BLOCK_P,), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -93,7 +95,6 @@ def rw_weights_kernel(
                                d_mask[:, None] & p_mask[None, :], H, W, sah, saw, beta, BETA_INT, BETA_ODD, INT64)
         dsum += tl.sum(wf, axis=0) + tl.sum(wb, axis=0)
     inv = 1.0 / (1.0 + dsum)
-    tl.store(w_base + offs_p, inv, mask=p_mask)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = offs_d < D
@@ -103,8 +104,8 @@ def rw_weights_kernel(
         wf, wb = _pair_weights(a_base, dy, dx, offsets(offs_d, INT64)[:, None] * sad, py, px,
                                smask, H, W, sah, saw, beta, BETA_INT, BETA_ODD, INT64)
         plane = offsets(offs_d, INT64)[:, None] * P + offs_p[None, :]
-        tl.store(w_base + P + plane, wf * inv[None, :], mask=smask)
-        tl.store(w_base + (1 + D) * P + plane, wb * inv[None, :], mask=smask)
+        tl.store(w_base + plane, wf * inv[None, :], mask=smask)
+        tl.store(w_base + D * P + plane, wb * inv[None, :], mask=smask)
 
 
 @triton.jit
@@ -128,6 +129,8 @@ def rw_step_kernel(
     kp = offsets(offs_k, INT64) * P
     src = src_ptr + bi * K * P
     wts = w_ptr + bi * NN * P
+    kp_mask = k_mask[:, None] & p_mask[None, :]
+    yc = tl.load(src + kp[:, None] + offs_p[None, :], mask=kp_mask, other=0.0)
     acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
     for n0 in range(0, NN, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -142,9 +145,9 @@ def rw_step_kernel(
         wn = tl.load(wts + offs_n[:, None] * P + offs_p[None, :], mask=v, other=0.0)
         q = offs_p[None, :] + sy[:, None] * W + sx[:, None]
         yq = tl.load(src + kp[None, :, None] + q[:, None, :], mask=v[:, None, :] & k_mask[None, :, None], other=0.0)
-        acc += tl.sum(wn[:, None, :] * yq, axis=0)
+        acc += tl.sum(wn[:, None, :] * (yq - yc[None, :, :]), axis=0)
     out = dst_ptr + bi * K * P + kp[:, None] + offs_p[None, :]
-    tl.store(out, acc, mask=k_mask[:, None] & p_mask[None, :])
+    tl.store(out, yc + acc, mask=kp_mask)
 
 
 @triton.jit
@@ -189,13 +192,18 @@ def rw_fused_kernel(
         o0 = y_ptr + base + kp[:, None] + offs_p[None, :]
         o1 = o0 + SLOT
         omask = k_mask[:, None] & p_mask[None, :]
+        # The state of this program's pixels stays in registers: yc, next to the slot it was stored in.
+        yc = tl.load(o0, mask=omask, other=0.0)
         for _ in range(steps // 2):  # two passes: slot 0 -> slot 1 -> slot 0
-            tl.store(o1, tl.sum(wn * tl.load(g0), axis=0), mask=omask)
+            yc = yc + tl.sum(wn * (tl.load(g0) - yc[None, :, :]), axis=0)
+            tl.store(o1, yc, mask=omask)
             tl.debug_barrier()  # the next pass reads what every thread of this program just wrote
-            tl.store(o0, tl.sum(wn * tl.load(g1), axis=0), mask=omask)
+            yc = yc + tl.sum(wn * (tl.load(g1) - yc[None, :, :]), axis=0)
+            tl.store(o0, yc, mask=omask)
             tl.debug_barrier()
         if steps % 2 == 1:
-            tl.store(o1, tl.sum(wn * tl.load(g0), axis=0), mask=omask)
+            yc = yc + tl.sum(wn * (tl.load(g0) - yc[None, :, :]), axis=0)
+            tl.store(o1, yc, mask=omask)
     else:
         for s in range(steps):
             src = y_ptr + (s % 2) * SLOT + base
@@ -205,6 +213,8 @@ def rw_fused_kernel(
                 p_mask = offs_p < P
                 py = offs_p // W
                 px = offs_p % W
+                kp_mask = k_mask[:, None] & p_mask[None, :]
+                yc = tl.load(src + kp[:, None] + offs_p[None, :], mask=kp_mask, other=0.0)
                 acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
                 for n0 in range(0, NN, BLOCK_N):
                     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -220,6 +230,6 @@ def rw_fused_kernel(
                     q = offs_p[None, :] + sy[:, None] * W + sx[:, None]
                     yq = tl.load(src + kp[None, :, None] + q[:, None, :],
                                  mask=v[:, None, :] & k_mask[None, :, None], other=0.0)
-                    acc += tl.sum(wn[:, None, :] * yq, axis=0)
-                tl.store(dst + kp[:, None] + offs_p[None, :], acc, mask=k_mask[:, None] & p_mask[None, :])
+                    acc += tl.sum(wn[:, None, :] * (yq - yc[None, :, :]), axis=0)
+                tl.store(dst + kp[:, None] + offs_p[None, :], yc + acc, mask=kp_mask)
             tl.debug_barrier()  # the next pass reads what every thread of this program just wrote

@@ -122,3 +122,13 @@ def boundary_affinity_forward(boundary: Tensor, radius: int) -> Tensor:
 def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int) -> Tensor:
     """Random-walk propagated CAMs ``[B, K, h, w]``."""
     return _ops().random_walk_forward(cam, aff, beta, steps)
+
+
+def dense_crf_forward(
+    unary: Tensor, image: Tensor, iterations: int, gaussian_sxy: float, gaussian_weight: float,
+    bilateral_sxy: float, bilateral_srgb: float, bilateral_weight: float,
+) -> Tensor:
+    """Mean-field marginals ``[B, K, H, W]`` of the dense CRF (permutohedral lattice)."""
+    return _ops().dense_crf_forward(
+        unary, image, iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight
+    )

@@ -8,7 +8,14 @@ The same result comes from ``steps`` local passes over each pixel's neighbourhoo
 
 with ``w+_d(j) = aff[d, j]^beta`` (the pair ``(j, j + o_d)``), ``w-_d(j) = aff[d, j - o_d]^beta`` (the pair
 ``(j - o_d, j)``), both 0 where the neighbour falls outside the map, and ``d_j = 1 + sum_d (w+_d(j) + w-_d(j))``
-the column sum of ``A^beta`` (>= 1, so no division by zero even where every affinity is 0).
+the column sum of ``A^beta`` (>= 1, so no division by zero even where every affinity is 0). Every backend
+evaluates it in the equal form
+
+    y_j <- y_j + (sum_d w+_d(j) (y_{j + o_d} - y_j) + w-_d(j) (y_{j - o_d} - y_j)) / d_j
+
+whose weights sum to exactly 1 whatever their rounding and whose rounding error scales with the differences
+``y_i - y_j`` rather than with ``y``: in fp32, after 256 steps, it stays far closer to the float64 answer than
+the direct sum (whose rounded column sums compound step after step) and than IRN's fp32 dense walk.
 
 This module is the readable second implementation of that scheme (the kernels in ``grmseg.triton`` and ``csrc``
 do the same) and the float64 path of the Triton backend. Shifts are slices of a zero-padded state.
@@ -99,9 +106,8 @@ def random_walk_local(cam: Tensor, aff: Tensor, beta: float, steps: int) -> Tens
     assert len(shifted) == 2 * num
     center.copy_(y)
     for _ in range(steps):
-        out = center.clone()
+        delta = torch.zeros_like(y)
         for wt, view in shifted:
-            out.addcmul_(wt, view)
-        out.mul_(inv_d)
-        center.copy_(out)
+            delta.addcmul_(wt, view - center)
+        center.addcmul_(delta, inv_d)
     return center.to(cam.dtype).contiguous()

@@ -23,6 +23,7 @@ cam_forward = _ref.cam
 local_affinity_forward = _ref.local_affinity
 boundary_affinity_forward = _ref.boundary_affinity
 random_walk_forward = _ref.random_walk
+dense_crf_forward = _ref.dense_crf
 
 _KERNELS = frozenset(KERNEL_NAMES)
 

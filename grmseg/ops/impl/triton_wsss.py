@@ -83,23 +83,20 @@ def _offsets_tensor(radius: int, device: torch.device) -> Tensor:
 
 @functools.cache
 def _neighbours_tensor(radius: int, device: torch.device) -> Tensor:
-    """The ``1 + 2D`` random-walk neighbour shifts as int32 ``[(1 + 2D) * 2]``: ``(0, 0)``, every ``+o_d``, every
-    ``-o_d`` (the order of the weight planes of ``rw_weights_kernel``)."""
+    """The ``2D`` random-walk neighbour shifts as int32 ``[2D * 2]``: every ``+o_d``, then every ``-o_d`` (the
+    order of the weight planes of ``rw_weights_kernel``); ``[0, 0]`` (unused) when there are none."""
     offs = _ref.affinity_offsets(radius)
-    shifts = [(0, 0)] + offs + [(-dy, -dx) for dy, dx in offs]
-    return torch.tensor([v for pair in shifts for v in pair], dtype=torch.int32, device=device)
+    shifts = offs + [(-dy, -dx) for dy, dx in offs]
+    return torch.tensor([v for pair in shifts for v in pair] or [0, 0], dtype=torch.int32, device=device)
 
 
 @functools.cache
 def _paths_tensor(radius: int, device: torch.device) -> tuple[Tensor, int]:
-    """The path points of every offset as int32 ``[D, L, 2]`` (padded with the end point) and ``L``."""
-    offs = _ref.affinity_offsets(radius)
-    length = max(1, radius)
-    rows = []
-    for dy, dx in offs:
-        pts = _ref.path_offsets(dy, dx)
-        pts = pts + [pts[-1]] * (length - len(pts))
-        rows.append(pts)
+    """The path points (``reference.path_offsets``) of every offset as int32 ``[D, L, 2]`` and ``L``, the longest
+    path; shorter paths are padded by repeating their last point (harmless for a max)."""
+    paths = [_ref.path_offsets(dy, dx) for dy, dx in _ref.affinity_offsets(radius)]
+    length = max((len(pts) for pts in paths), default=1)
+    rows = [pts + [pts[-1]] * (length - len(pts)) for pts in paths]
     return torch.tensor(rows, dtype=torch.int32, device=device).reshape(-1), length
 
 
@@ -192,7 +189,7 @@ def local_affinity_forward(feat: Tensor, radius: int) -> Tensor:
 
 
 def boundary_affinity_forward(boundary: Tensor, radius: int) -> Tensor:
-    """IRN affinity ``1 - max`` of the boundary map over the path from ``p`` to ``p + o_d``, 0 outside the map.
+    """IRN affinity ``1 - max`` of the boundary map over the path pixels of ``o_d`` from ``p``, 0 outside the map.
 
     Args:
         boundary: ``[B, 1, h, w]``.  radius: >= 1.
@@ -212,7 +209,7 @@ def boundary_affinity_forward(boundary: Tensor, radius: int) -> Tensor:
     out = torch.empty(bsz, d, h, w, dtype=boundary.dtype, device=boundary.device)
     sb, _, sh, sw = boundary.stride()
     ak.boundary_affinity_kernel[(bsz * npb * ndb,)](
-        boundary, paths, out,
+        boundary, _offsets_tensor(radius, boundary.device), paths, out,
         h, w, d, length, npb, ndb,
         sb, sh, sw,
         BLOCK_D=block_d, BLOCK_P=block_p, INT64=_needs_int64(_extent(boundary), out.numel()),
@@ -259,9 +256,9 @@ def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused
     interp = cam.device.type != "cuda"
     dev = cam.device
     offs = _offsets_tensor(radius, dev)
-    int64 = _needs_int64(2 * bsz * k * p, bsz * (1 + 2 * d) * p * 2, _extent(aff))
+    int64 = _needs_int64(2 * bsz * k * p, bsz * 2 * d * p * 2, _extent(aff))
 
-    wts = torch.empty(bsz, 1 + 2 * d, p, dtype=torch.float32, device=dev)
+    wts = torch.empty(bsz, 2 * d, p, dtype=torch.float32, device=dev)
     beta = float(beta)
     beta_int = beta.is_integer()
     if interp:
@@ -280,7 +277,7 @@ def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused
     state = torch.empty(2, bsz, k, p, dtype=torch.float32, device=dev)
     state[0].copy_(cam.reshape(bsz, k, p))
     nb = _neighbours_tensor(radius, dev)
-    nn = 1 + 2 * d
+    nn = 2 * d
     if fused is None:
         fused = interp or p <= FUSED_WALK_MAX_PIXELS
     block_k, block_p, block_n, hoist = _walk_blocks(k, p, nn, interp, fused)

@@ -11,6 +11,8 @@ machine (numpy's PCG64 generator).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,38 +84,41 @@ def _shape_mask(kind: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
     raise ValueError(kind)
 
 
-def _background(size: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def _background(height: int, width: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     base = rng.uniform(60, 200, size=3)
     grad = rng.uniform(-40, 40, size=(2, 3))
-    img = base + (yy[..., None] / size - 0.5) * grad[0] + (xx[..., None] / size - 0.5) * grad[1]
+    img = base + (yy[..., None] / height - 0.5) * grad[0] + (xx[..., None] / width - 0.5) * grad[1]
     theta = rng.uniform(0, np.pi)
     period = rng.uniform(6, 16)
     wave = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
     img = img + rng.uniform(5, 25) * wave[..., None] * rng.uniform(0.5, 1.0, size=3)
     # a few soft blobs of random colour: clutter that is no class
     for _ in range(rng.integers(0, 3)):
-        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(4, 10)
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(4, 10)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
         img = img + blob[..., None] * (rng.uniform(0, 255, size=3) - img) * 0.6
     return img
 
 
-def make_sample(seed: int, split: str, index: int, size: int = 64) -> dict[str, Any]:
+def make_sample(seed: int, split: str, index: int, size: int | tuple[int, int] = 64) -> dict[str, Any]:
     """Generate one synthetic sample.
 
     Args:
         seed: dataset seed.  split: ``"train"``, ``"val"`` or ``"test"``.  index: sample index >= 0.
-        size: image side in pixels.
+        size: image side in pixels, or ``(height, width)``. The same ``(seed, split, index)`` gives the same scene
+            (classes, relative positions, colours) at every size; object sizes follow the shorter side.
 
     Returns:
-        ``{"id", "image": uint8 [size, size, 3], "mask": uint8 [size, size], "labels": float32 [6]}``.
+        ``{"id", "image": uint8 [H, W, 3], "mask": uint8 [H, W], "labels": float32 [6]}``.
     """
     if split not in _SPLIT_SEED:
         raise ValueError(f"synthetic dataset: split must be one of {list(_SPLIT_SEED)}, got {split!r}")
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    short = min(height, width)
     rng = np.random.default_rng([seed, _SPLIT_SEED[split], index])
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    img = _background(size, rng, yy, xx)
-    mask = np.zeros((size, size), np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = _background(height, width, rng, yy, xx)
+    mask = np.zeros((height, width), np.uint8)
 
     probs = np.array([p for p, _ in _SCENES])
     scene = _SCENES[rng.choice(len(_SCENES), p=probs / probs.sum())][1]
@@ -128,8 +133,8 @@ def make_sample(seed: int, split: str, index: int, size: int = 64) -> dict[str, 
     rng.shuffle(objects)
     for c in objects:
         shape, tex, colour = _STYLE[c]
-        r = rng.uniform(0.13, 0.24) * size
-        cy, cx = rng.uniform(r * 0.8, size - r * 0.8), rng.uniform(r * 0.8, size - r * 0.8)
+        r = rng.uniform(0.13, 0.24) * short
+        cy, cx = rng.uniform(r * 0.8, height - r * 0.8), rng.uniform(r * 0.8, width - r * 0.8)
         m = _shape_mask(shape, yy, xx, cy, cx, r, rng)
         col = np.clip(np.array(colour) + rng.uniform(-30, 30, size=3), 0, 255)
         t = _texture(tex, yy, xx, rng)
@@ -173,3 +178,68 @@ class SyntheticShapes(SegmentationDataset):
             self._cache[index] = make_sample(self.seed, self.split, index, self.size)
         s = self._cache[index]
         return {"id": s["id"], "image": s["image"], "mask": s["mask"], "labels": s["labels"]}
+
+
+_NAMES_IN = {"voc": {}, "coco": {"sofa": "couch"}}  # synthetic class name -> the dataset's name
+
+
+def dataset_class_index(synthetic_class: int, dataset: str = "voc") -> int:
+    """The label of a synthetic class in ``dataset`` (``"voc"``: 0 background, 1 person ... 6 sofa -> 0, 15, 2, 13,
+    7, 12, 18; ``"coco"``: 0, 1, 2, 18, 3, 17, 58)."""
+    from grmseg.knowledge import class_names
+
+    if dataset not in _NAMES_IN:
+        raise ValueError(f"dataset must be one of {list(_NAMES_IN)}, got {dataset!r}")
+    name = SYNTHETIC_CLASSES[synthetic_class]
+    return class_names(dataset).index(_NAMES_IN[dataset].get(name, name))
+
+
+def _odd_side(rng: np.random.Generator, lo: int, hi: int) -> int:
+    while True:
+        side = int(rng.integers(lo, hi + 1))
+        if side % 16:
+            return side
+
+
+def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int = 1024, val_images: int = 128,
+                 seed: int = 0, min_size: int = 61, max_size: int = 95, quality: int = 95) -> Path:
+    """Write the synthetic scenes as a PASCAL VOC 2012 or COCO-2014 folder, at sizes that are no multiple of 16.
+
+    Image ``i`` of a split is the scene of :func:`make_sample` ``(seed, split, i)`` at a height and width drawn
+    from ``[min_size, max_size]`` (skipping multiples of 16), saved as a JPEG (``quality``) with its mask in the
+    dataset's class indices as a palette PNG. VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``,
+    ``ImageSets/Segmentation/{train,train_aug,val}.txt``. COCO: ``JPEGImages/<split>2014/``,
+    ``SegmentationClass/<split>2014/``, ``ImageSets/{train,val}.txt``. Ids are ``syn_<split>_<i>`` as in the
+    square dataset. Existing files are rewritten (the output is a function of the arguments).
+
+    Returns:
+        ``root`` (the folder to pass as ``--data-root``).
+    """
+    from PIL import Image
+
+    from grmseg.pipeline.datasets.base import save_png_atomic, voc_palette
+
+    if layout not in _NAMES_IN:
+        raise ValueError(f"write_layout: layout must be one of {list(_NAMES_IN)}, got {layout!r}")
+    if not 16 <= min_size <= max_size:
+        raise ValueError(f"write_layout: need 16 <= min_size <= max_size, got {min_size}, {max_size}")
+    root = Path(root)
+    lut = np.array([dataset_class_index(c, layout) for c in range(len(SYNTHETIC_CLASSES))], np.uint8)
+    pal = voc_palette()
+    for split, n in (("train", train_images), ("val", val_images)):
+        sub = "" if layout == "voc" else f"{split}2014"
+        images, masks = root / "JPEGImages" / sub, root / "SegmentationClass" / sub
+        images.mkdir(parents=True, exist_ok=True)
+        ids = []
+        for i in range(n):
+            rng = np.random.default_rng([seed, _SPLIT_SEED[split], i, 16])
+            size = (_odd_side(rng, min_size, max_size), _odd_side(rng, min_size, max_size))
+            smp = make_sample(seed, split, i, size)
+            Image.fromarray(smp["image"]).save(images / f"{smp['id']}.jpg", quality=quality)
+            save_png_atomic(masks / f"{smp['id']}.png", lut[smp["mask"]], pal)
+            ids.append(smp["id"])
+        sets = root / "ImageSets" / ("Segmentation" if layout == "voc" else "")
+        sets.mkdir(parents=True, exist_ok=True)
+        for name in [split] + (["train_aug"] if split == "train" and layout == "voc" else []):
+            (sets / f"{name}.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    return root

@@ -1,0 +1,1 @@
+"""Shipped pipeline presets: ``voc.yaml`` and ``coco.yaml`` hold the GRM paper's recipe (``--config voc``)."""
