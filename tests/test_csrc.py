@@ -449,7 +449,8 @@ def test_backend_status_and_kernels():
         assert name in csrc.kernels("cpu") and _ext.has_kernel(name, "Meta")
         assert _backends.selected(name, "cpu", "csrc") == "csrc"
         assert _backends.selected(name, "cpu") == "csrc"
-    assert _backends.selected("graph_conv_forward", "cpu", "csrc") == "reference"  # not written yet: fallback
+    for name in ("graph_conv_forward", "graph_conv_backward"):
+        assert _backends.selected(name, "cpu", "csrc") == "csrc"
 
 
 def test_op_layer_forward_and_backward_through_fallback():

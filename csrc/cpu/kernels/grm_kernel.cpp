@@ -174,14 +174,11 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
   });
 }
 
-template <typename T>
-constexpr GrmFns<T> fns() {
-  return {&project_forward<T>, &project_backward<T>, &reproject_forward<T>, &reproject_backward<T>};
-}
-
 }  // namespace
 
-extern const GrmKernels grm_kernels = {fns<float>(), fns<double>(), fns<c10::Half>(), fns<c10::BFloat16>()};
+extern constinit const GrmKernels grm_kernels = per_dtype<GrmFns>([]<typename T>() -> GrmFns<T> {
+  return {&project_forward<T>, &project_backward<T>, &reproject_forward<T>, &reproject_backward<T>};
+});
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

@@ -7,21 +7,15 @@
 // which the glue adds up in a fixed order. The [K, C] partials are stored transposed, [C, K]. Inside a chunk, pixels go in tiles of kGrmTile.
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
 #include <cstdint>
-#include <type_traits>
 
 #include "cpu/capability.h"
+#include "cpu/kernels/kernel_table.h"
 
 namespace grmseg {
 namespace cpu {
 
 constexpr int64_t kGrmTile = 256;  // pixels per tile: a multiple of every level's vector length
-
-template <typename T>
-using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // A [B, C, P] map, any strides (elements).
 template <typename T>
@@ -89,20 +83,7 @@ struct GrmFns {
   void (*reproject_backward)(const ReprojectBackwardArgs<T>&, int64_t begin, int64_t end);
 };
 
-struct GrmKernels {
-  GrmFns<float> f32;
-  GrmFns<double> f64;
-  GrmFns<c10::Half> f16;
-  GrmFns<c10::BFloat16> bf16;
-
-  template <typename T>
-  const GrmFns<T>& get() const {
-    if constexpr (std::is_same_v<T, float>) return f32;
-    else if constexpr (std::is_same_v<T, double>) return f64;
-    else if constexpr (std::is_same_v<T, c10::Half>) return f16;
-    else return bf16;
-  }
-};
+using GrmKernels = PerDtype<GrmFns>;
 
 }  // namespace cpu
 }  // namespace grmseg
