@@ -17,13 +17,6 @@ namespace cpu {
 
 constexpr int64_t kGrmTile = 256;  // pixels per tile: a multiple of every level's vector length
 
-// A [B, C, P] map, any strides (elements).
-template <typename T>
-struct MapView {
-  const T* data;
-  int64_t sb, sc, sp;
-};
-
 struct GrmSplit {
   int64_t B, C, P, K, chunks, chunk_px;
 };

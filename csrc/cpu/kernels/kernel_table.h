@@ -1,11 +1,12 @@
 // What every CPU kernel family shares across the glue / kernel boundary: the accumulation type of each input
-// dtype, and a table holding one set of function pointers per input dtype (one such table per instruction-set
+// dtype, a strided map view, and a table holding one set of function pointers per input dtype (one such table per instruction-set
 // level, see csrc/cpu/capability.h).
 #pragma once
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cstdint>
 #include <type_traits>
 
 namespace grmseg {
@@ -14,6 +15,13 @@ namespace cpu {
 // fp64 for fp64, fp32 for fp32, fp16 and bf16.
 template <typename T>
 using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// A [B, C, P] map, any strides (elements).
+template <typename T>
+struct MapView {
+  const T* data;
+  int64_t sb, sc, sp;
+};
 
 // Fns<T> for each floating input dtype T.
 template <template <typename> class Fns>
