@@ -89,16 +89,48 @@ def test_stages_skip_done_work_and_eval_again(demo_run, capsys):
     assert "| CAM (train) |" in capsys.readouterr().out
 
 
-def test_training_resumes_from_checkpoint(tmp_path):
-    run = tmp_path / "r"
-    flags = ["--run-dir", str(run), "--syn-train-images", "16", "--syn-size", "32", "--width", "4",
-             "--gcn-hidden", "8", "--cls-batch", "8", "--no-progress", "--threads", "1"]
-    assert main(["train-cls", *flags, "--cls-epochs", "1"]) == 0
-    (run / "cls" / "model.pt").unlink()  # as if interrupted after epoch 1 of 2
-    assert main(["train-cls", *flags, "--cls-epochs", "2"]) == 0
-    log = (run / "log.txt").read_text()
-    assert "resuming from epoch 1" in log and "[cls] epoch 2/2" in log
-    assert "[cls] epoch 1/2" not in log
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["train-cls", "train-seg"])
+def test_training_killed_at_a_checkpoint_resumes_to_the_same_weights(stage, demo_run, tmp_path, monkeypatch):
+    """Kill a training stage right after its first epoch checkpoint; the resumed run ends with the very weights
+    of an uninterrupted one (same data order, augmentation draws, dropout and SGD state)."""
+    import shutil
+
+    from grmseg.pipeline import runtime as rt
+
+    src, _ = demo_run
+    sub = "cls" if stage == "train-cls" else "seg"
+    runs = {}
+    for name in ("straight", "killed"):
+        run = tmp_path / name
+        run.mkdir()
+        shutil.copy(src / "config.json", run / "config.json")
+        if stage == "train-seg":
+            for d in ("cls", "pseudo"):
+                shutil.copytree(src / d, run / d)
+        runs[name] = run
+    flags = ["--cls-epochs", "2", "--seg-epochs", "2", "--cls-batch", "8", "--seg-batch", "8"]
+    assert main([stage, "--run-dir", str(runs["straight"]), *flags]) == 0
+    real_save = rt.save_atomic
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if str(path).endswith("checkpoint.pt"):
+            raise _Killed
+
+    monkeypatch.setattr(rt, "save_atomic", save_then_die)
+    with pytest.raises(_Killed):
+        main([stage, "--run-dir", str(runs["killed"]), *flags])
+    monkeypatch.setattr(rt, "save_atomic", real_save)
+    assert not (runs["killed"] / sub / "model.pt").is_file()
+    assert main([stage, "--run-dir", str(runs["killed"]), *flags]) == 0
+    assert "resuming from epoch 1" in (runs["killed"] / "log.txt").read_text()
+    a = torch.load(runs["straight"] / sub / "model.pt", weights_only=False)["model"]
+    b = torch.load(runs["killed"] / sub / "model.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_config_files_and_errors(tmp_path):
@@ -216,3 +248,18 @@ def test_affinity_net_stage(demo_run, tmp_path, capsys):
     assert main(["refine", *flags]) == 0
     assert (other / "aff" / "model.pt").is_file()
     assert len(list((other / "pseudo").glob("*.png"))) == len(list((run / "pseudo").glob("*.png")))
+
+
+def test_later_stages_continue_with_the_runs_settings(demo_run, tmp_path):
+    import argparse
+
+    from grmseg.pipeline.config import add_config_arguments, config_from_args
+
+    run, _ = demo_run
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    cfg = config_from_args(p.parse_args(["--run-dir", str(run)]))
+    saved = PipelineConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert cfg == saved.replace(run_dir=str(run))  # the tiny run's settings, not the defaults
+    assert config_from_args(p.parse_args(["--run-dir", str(run), "--rw-steps", "3"])).rw_steps == 3
+    assert config_from_args(p.parse_args(["--run-dir", str(tmp_path / "new")])).syn_size == PipelineConfig().syn_size

@@ -232,14 +232,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> PipelineConfig:
-    """defaults < ``base`` (a preset) < ``--config`` file < flags."""
+    """defaults < ``base`` (a preset) < the run folder's ``config.json`` (written by its first stage) <
+    ``--config`` file < flags: a later stage given only ``--run-dir`` continues with the run's settings."""
+    file = load_config_file(args.config) if getattr(args, "config", None) else {}
+    flags = {f.name: getattr(args, f.name) for f in fields(PipelineConfig) if getattr(args, f.name, None) is not None}
     data: dict[str, Any] = dict(base or {})
-    if getattr(args, "config", None):
-        data.update(load_config_file(args.config))
-    for f in fields(PipelineConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            data[f.name] = v
+    run_dir = flags.get("run_dir", file.get("run_dir", data.get("run_dir", PipelineConfig.run_dir)))
+    saved = Path(run_dir) / "config.json"
+    if saved.is_file():
+        data.update(load_config_file(saved))
+    data.update(file)
+    data.update(flags)
     return PipelineConfig.from_dict(data)
 
 
