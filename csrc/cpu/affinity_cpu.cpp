@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cpu/kernels/affinity_kernel.h"
+#include "cpu/parallel.h"
 #include "wsss.h"
 
 namespace grmseg {
@@ -84,7 +85,9 @@ at::Tensor run_affinity(const at::Tensor& x, int64_t radius, bool boundary) {
                                            out.mutable_data_ptr<scalar_t>()};
     const auto& fns = GRMSEG_CPU_KERNELS(affinity_kernels).get<scalar_t>();
     const auto fn = boundary ? fns.boundary_rows : fns.local_rows;
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+    const double per_pixel = boundary ? static_cast<double>(offs.path_y.size()) : 3.0 * C * D;
+    const double work = per_pixel * B * H * Wr;
+    at::parallel_for(0, B * H, cpu::grain_for(B * H, work), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
   });
   return out.to(x.scalar_type());
 }

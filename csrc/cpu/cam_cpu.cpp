@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cpu/kernels/cam_kernel.h"
+#include "cpu/parallel.h"
 #include "wsss.h"
 
 namespace grmseg {
@@ -88,8 +89,11 @@ at::Tensor cam_forward_cpu(const at::Tensor& feat, const at::Tensor& weight, con
                                       maxima.mutable_data_ptr<acc_t>(),
                                       out.mutable_data_ptr<scalar_t>()};
     const auto& fns = GRMSEG_CPU_KERNELS(cam_kernels).get<scalar_t>();
-    at::parallel_for(0, B * nchunks, 1, [&](int64_t begin, int64_t end) { fns.scores(args, begin, end); });
-    at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) { fns.normalize(args, begin, end); });
+    const double work = 2.0 * B * K * C * P;
+    at::parallel_for(0, B * nchunks, cpu::grain_for(B * nchunks, work),
+                     [&](int64_t begin, int64_t end) { fns.scores(args, begin, end); });
+    at::parallel_for(0, B * K, cpu::grain_for(B * K, static_cast<double>(B) * K * P),
+                     [&](int64_t begin, int64_t end) { fns.normalize(args, begin, end); });
   });
   return out;
 }

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "cpu/kernels/graph_conv_kernel.h"
+#include "cpu/parallel.h"
 #include "graph_conv.h"
 
 // MKL (inside libtorch_cpu on x86-64 wheels) splits its work over threads even inside a parallel region (torch
@@ -48,10 +49,11 @@ constexpr int64_t kColumnBlock = 512;  // output columns per BLAS call
 
 int64_t padded(int64_t n) { return (n + cpu::kGraphPad - 1) / cpu::kGraphPad * cpu::kGraphPad; }
 
-// out = a b for 2-d tensors (any strides), one BLAS call per block of output columns (at least two blocks, of
-// up to kColumnBlock columns; row halves when there are too few columns). With at least two tasks every call runs
-// inside a parallel region, where the BLAS does not start threads of its own, whatever the thread count (or
-// inline on one thread): the blocks, hence the results, do not depend on the number of threads.
+// out = a b for 2-d tensors (any strides), one single-threaded BLAS call per block of output columns (at least
+// two blocks, of up to kColumnBlock columns; row halves when there are too few columns), the blocks spread over
+// the threads. Without MKL's thread control, the two tasks put every call inside a parallel region, where other
+// BLAS libraries do not start threads of their own. The blocks, hence the results, do not depend on the number
+// of threads.
 void blocked_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out) {
   const int64_t m = out.size(0), n = out.size(1);
   if (m == 0 || n == 0) return;
@@ -60,7 +62,10 @@ void blocked_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out)
   const int64_t width = std::min(n, (cols + cpu::kGraphPad - 1) / cpu::kGraphPad * cpu::kGraphPad);
   const int64_t col_tasks = (n + width - 1) / width, row_blocks = col_tasks >= 2 ? 1 : std::min<int64_t>(2, m);
   const int64_t rows = (m + row_blocks - 1) / row_blocks, blocks = row_blocks * col_tasks;
-  at::parallel_for(0, std::max<int64_t>(2, blocks), 1, [&](int64_t begin, int64_t end) {
+  const int64_t tasks = std::max<int64_t>(2, blocks);
+  const double work = 2.0 * static_cast<double>(m) * n * a.size(1);
+  const int64_t grain = &MKL_Set_Num_Threads_Local != nullptr ? cpu::grain_for(tasks, work) : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     const SingleThreadedBlas one_thread;
     for (int64_t t = begin; t < std::min(end, blocks); ++t) {
       const int64_t i0 = (t / col_tasks) * rows, h = std::min(rows, m - i0);
@@ -113,7 +118,9 @@ at::Tensor graph_conv_forward_cpu(const at::Tensor& z, const at::Tensor& adj, co
         K, D, Dp, static_cast<int64_t>(act), adj_c.const_data_ptr<acc_t>(), zw.const_data_ptr<acc_t>(),
         bias_pad.defined() ? bias_pad.const_data_ptr<acc_t>() : nullptr, out.mutable_data_ptr<scalar_t>()};
     const auto fn = GRMSEG_CPU_KERNELS(graph_conv_kernels).get<scalar_t>().forward;
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+    at::parallel_for(0, B, cpu::grain_for(B, 2.0 * B * K * K * Dp), [&](int64_t begin, int64_t end) {
+      fn(args, begin, end);
+    });
   });
   return out;
 }
@@ -161,10 +168,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_c
                                                     gz.mutable_data_ptr<scalar_t>(),
                                                     gadj_part.mutable_data_ptr<acc_t>()};
     const auto& fns = GRMSEG_CPU_KERNELS(graph_conv_kernels).get<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) { fns.backward_pre(args, begin, end); });
+    const int64_t grain = cpu::grain_for(B, 2.0 * B * K * K * (Dp + 2 * Fp));
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) { fns.backward_pre(args, begin, end); });
     blocked_mm(gpre.narrow(1, 0, D), w_acc.t(), u.narrow(1, 0, F));          // u = gpre W^T
     blocked_mm(z_pad.narrow(1, 0, F).t(), gzw.narrow(1, 0, D), gw_acc);       // gW = z^T gzw
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) { fns.backward_post(args, begin, end); });
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) { fns.backward_post(args, begin, end); });
   });
   // Fixed-order sums over the batch elements.
   at::Tensor gadj_acc = gadj_part[0];

@@ -16,6 +16,7 @@
 
 #include "cpu/grm_project_cpu.h"
 #include "cpu/kernels/grm_kernel.h"
+#include "cpu/parallel.h"
 #include "grm_project.h"
 #include "grm_reproject.h"
 
@@ -46,7 +47,8 @@ void sum_partials(const acc_t* part, int64_t groups, int64_t per_group, int64_t 
   const int64_t n = rows * cols;
   constexpr int64_t kBlock = 2048;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  at::parallel_for(0, groups * blocks, 1, [&](int64_t begin, int64_t end) {
+  const double work = static_cast<double>(groups) * per_group * n;
+  at::parallel_for(0, groups * blocks, cpu::grain_for(groups * blocks, work), [&](int64_t begin, int64_t end) {
     acc_t acc[kBlock];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / blocks, i0 = (task % blocks) * kBlock, len = std::min(kBlock, n - i0);
@@ -67,7 +69,9 @@ void sum_partials(const acc_t* part, int64_t groups, int64_t per_group, int64_t 
 
 template <typename Args, typename Fn>
 void run_tasks(const Args& args, int64_t tasks, Fn fn) {
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+  const cpu::GrmSplit& s = args.s;
+  const double work = 2.0 * static_cast<double>(s.B) * s.C * s.P * std::max<int64_t>(s.K, 1);
+  at::parallel_for(0, tasks, cpu::grain_for(tasks, work), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
 }
 
 }  // namespace

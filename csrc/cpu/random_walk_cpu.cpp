@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "cpu/kernels/random_walk_kernel.h"
+#include "cpu/parallel.h"
 #include "wsss.h"
 
 namespace grmseg {
@@ -59,7 +60,8 @@ template <typename acc_t>
 void walk_weights(const acc_t* __restrict aff, acc_t* __restrict wts, const Geometry& g,
                   const std::vector<wsss::Offset>& offs, acc_t beta) {
   const int64_t D = static_cast<int64_t>(offs.size()), H = g.H, W = g.W, Wr = g.Wr, P = H * W, NN = g.NN;
-  at::parallel_for(0, g.B * H, 1, [&](int64_t begin, int64_t end) {
+  const double work = 20.0 * g.B * H * W * NN;  // a pow and a few flops per weight
+  at::parallel_for(0, g.B * H, cpu::grain_for(g.B * H, work), [&](int64_t begin, int64_t end) {
     std::vector<double> dsum(static_cast<size_t>(Wr));
     std::vector<acc_t> row(static_cast<size_t>(NN * Wr));  // this row's weights, [NN, Wr]
     for (int64_t task = begin; task < end; ++task) {
@@ -138,7 +140,9 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
   at::Tensor pong = at::zeros_like(ping);
   ping.narrow(2, g.R, g.H).narrow(3, g.L, g.W).copy_(cam);
 
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  // small walks run on the calling thread (a parallel region per pass would cost more than the pass)
+  const double work = 2.0 * steps * g.B * g.K * g.H * g.Wr * g.NN;
+  const int64_t threads = work < cpu::kMinParallelWork ? 1 : std::max<int64_t>(1, at::get_num_threads());
   const bool by_class = g.B * g.K >= threads;
   const int64_t groups = std::min<int64_t>(g.K, std::max<int64_t>(1, (threads + g.B - 1) / g.B));
   const int64_t per_group = (g.K + groups - 1) / groups;
@@ -151,7 +155,7 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
     const auto& fns = kernels.get<acc_t>();
     acc_t* bufs[2] = {ping.mutable_data_ptr<acc_t>(), pong.mutable_data_ptr<acc_t>()};
     if (by_class) {
-      at::parallel_for(0, g.B * groups, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, g.B * groups, threads == 1 ? g.B * groups : 1, [&](int64_t begin, int64_t end) {
         for (int64_t task = begin; task < end; ++task) {
           const int64_t bi = task / groups, k0 = (task % groups) * per_group, k1 = std::min(g.K, k0 + per_group);
           if (k0 < k1) fns.walk_classes(args, bufs[0], bufs[1], bi, k0, k1, steps);
