@@ -1,11 +1,12 @@
-"""Command line: ``python -m grmseg <command>``.
+"""Command line: python -m grmseg <command>.
 
-WSSS stages (settings by flags and/or ``--config file.json|yaml`` or a shipped preset ``--config voc|coco``;
-everything under ``--run-dir``): ``train-cls``, ``make-cam``, ``train-irn`` (or ``train-aff``), ``refine``,
-``train-seg``, ``eval``; ``demo`` runs them all (synthetic data by default); ``ablation`` compares with/without the
+WSSS stages (settings by flags and/or --config file.json|yaml or a shipped preset --config voc|coco; everything
+under --run-dir, whose config.json later stages continue from): train-cls, make-cam, train-irn (or train-aff),
+refine, train-seg, eval; demo runs them all (synthetic data by default); ablation compares with/without the
 knowledge GCN head and with/without GRM. Training stages run data-parallel when launched by
-``torchrun --nproc_per_node N -m grmseg ...``.
-Also: ``layer-demo`` (GRM inside a torchvision DeepLabV3, one timed training step) and ``info``.
+torchrun --nproc_per_node N -m grmseg ...
+Also: layer-demo (GRM inside a torchvision DeepLabV3, one timed training step), synthetic-data and info.
+A bad setting, a missing or corrupt file ends with one line naming it and exit status 2 (--debug: the traceback).
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ STAGE_HELP = {
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command. Returns the exit status."""
-    from grmseg.pipeline.config import add_config_arguments
+    from grmseg.pipeline.config import add_config_arguments, demo_preset
 
     parser = argparse.ArgumentParser(prog="grmseg", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     layer = sub.add_parser("layer-demo", help="GRM inside DeepLabV3: one training step on a random batch, timed")
-    layer.add_argument("--batch", type=int, default=2)
-    layer.add_argument("--size", type=int, default=129)
-    layer.add_argument("--device", default="cpu")
-    layer.add_argument("--seed", type=int, default=0)
+    layer.add_argument("--batch", type=int, default=2, help="images per batch (>= 2)")
+    layer.add_argument("--size", type=int, default=129, help="image side in pixels")
+    layer.add_argument("--device", default="cpu", help="cpu or cuda")
+    layer.add_argument("--seed", type=int, default=0, help="seed of the random weights and batch")
     sub.add_parser("info", help="what was built and which backends run here")
     syn = sub.add_parser("synthetic-data", help="write the synthetic scenes as a VOC or COCO folder of odd sizes")
     syn.add_argument("--out", required=True, help="the folder to write (then: --dataset voc --data-root OUT)")
@@ -47,16 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--max-size", type=int, default=95, help="largest image side (multiples of 16 are skipped)")
     for name, text in STAGE_HELP.items():
         add_config_arguments(sub.add_parser(name, help=text))
+    demo_defaults = {**demo_preset(), "run_dir": "runs/demo"}
     demo = sub.add_parser("demo", help="the whole WSSS pipeline on the synthetic dataset (a few CPU minutes)")
-    add_config_arguments(demo)
+    add_config_arguments(demo, demo_defaults)
     demo.add_argument("--fresh", action="store_true",
                       help="delete an earlier run in --run-dir first (default: resume it, skipping finished stages)")
     abl = sub.add_parser("ablation", help="knowledge GCN head on/off x GRM on/off on the synthetic dataset")
-    add_config_arguments(abl)
+    add_config_arguments(abl, {**demo_preset(), "run_dir": "runs/ablation"})
     abl.add_argument("--quick", action="store_true", help="fewer images and epochs")
     abl.add_argument("--seeds", default="0", help="comma-separated seeds (results averaged)")
     abl.add_argument("--fresh", action="store_true", help="remove earlier ablation runs first")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (OSError, ValueError, TypeError, ImportError) as exc:  # bad input; anything else is a bug: traceback
+        if args.debug:
+            raise
+        print(f"grmseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
 
     if args.command == "layer-demo":
         from grmseg.demo import run_demo
@@ -97,7 +110,10 @@ def _pipeline(args: argparse.Namespace) -> None:
         if args.quick:
             preset.update(runner.quick_overrides())
         cfg = config_from_args(args, preset)
-        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         runner.run_ablation(cfg, seeds, fresh=args.fresh)
     else:
         cfg = config_from_args(args)

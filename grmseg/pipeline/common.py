@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from grmseg import knowledge
 from grmseg.pipeline import runtime as rt
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.datasets import SegmentationDataset, build_dataset, load_mask
+from grmseg.pipeline.datasets.base import require_dir
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -79,7 +80,16 @@ def knowledge_graph(kind: str, embeddings: Tensor, labels: np.ndarray) -> Tensor
 
 
 def stage_device(cfg: PipelineConfig) -> torch.device:
-    """The stage's device; also applies ``cfg.threads`` (CPU threads per process, 0 = torch's default)."""
+    """The stage's device; also applies ``cfg.threads`` (CPU threads per process, 0 = torch's default). Checks
+    first that the dataset folder exists (before any run folder is made) and removes temp files that a killed
+    earlier run left in the run folder."""
+    if cfg.dataset != "synthetic":
+        if not cfg.data_root:
+            raise ValueError(f"dataset {cfg.dataset!r} needs its folder: set --data-root")
+        require_dir(cfg.data_root, f"{cfg.dataset} dataset (--data-root)")
+    run = Path(cfg.run_dir)
+    for folder in [run, *(p for p in run.iterdir() if p.is_dir())] if run.is_dir() else []:
+        rt.remove_stale_temp_files(folder)
     if cfg.threads > 0 and torch.get_num_threads() != cfg.threads:
         torch.set_num_threads(cfg.threads)
     return rt.resolve_device(cfg.device)
@@ -172,7 +182,25 @@ def begin_training_stage(cfg: PipelineConfig, stage: str, final: Path
     dev = stage_device(cfg)
     _, world = rt.init_distributed(dev)
     log = rt.get_logger(cfg.run_dir)
-    done = final.is_file()
+    done = rt.is_complete_checkpoint(final)
     if done:
         log.info(f"[{stage}] done already: {final}")
     return dev, world, log, done
+
+
+def files_to_write(ds: SegmentationDataset, folder: Path, suffix: str, read: Callable[[Path], object]) -> list[int]:
+    """The indices (of this process's shard) whose ``<folder>/<id><suffix>`` is missing or does not read back
+    with ``read`` (a file truncated by a kill or a full disk is written again, with a warning)."""
+    log = rt.get_logger()
+    todo = []
+    for i in shard(len(ds)):
+        path = folder / f"{ds.ids[i]}{suffix}"
+        if not path.is_file():
+            todo.append(i)
+            continue
+        try:
+            read(path)
+        except (ValueError, OSError) as exc:
+            log.info(f"warning: {str(path)!r} is damaged ({exc}); writing it again")
+            todo.append(i)
+    return todo

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from grmseg.pipeline import runtime as rt
-from grmseg.pipeline.common import load_cam, shard
+from grmseg.pipeline.common import files_to_write, load_cam
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.crf import crf_labels
-from grmseg.pipeline.datasets import IGNORE_INDEX, SegmentationDataset, save_png_atomic, voc_palette
+from grmseg.pipeline.datasets import IGNORE_INDEX, SegmentationDataset, load_mask, save_png_atomic, voc_palette
 from grmseg.pipeline.pseudo_masks import confident_masks, with_background
 
 __all__ = ["confident_labels", "write_confident_regions"]
@@ -76,7 +76,7 @@ def write_confident_regions(cfg: PipelineConfig, ds: SegmentationDataset, cams: 
     elif rt.is_main():
         out.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(settings) + "\n", encoding="utf-8")
-    todo = [i for i in shard(len(ds)) if not (out / f"{ds.ids[i]}.png").is_file()]
+    todo = files_to_write(ds, out, ".png", lambda p: load_mask(p, ds.num_classes))
     pal = voc_palette()
     t0 = time.perf_counter()
     for i in rt.progress(todo, len(todo), "confident regions", cfg.progress):

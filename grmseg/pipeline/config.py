@@ -5,11 +5,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import re
 import typing
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from grmseg.models.backbones import BACKBONES
+
+
+def _key(default: Any, help: str, *, choices: Sequence[Any] | None = None, low: float | None = None,
+         high: float | None = None, above: float | None = None) -> Any:
+    """A config field: its default, the help text of its flag, and the values it accepts (``choices``, or numbers
+    ``>= low``, ``<= high``, ``> above``; for lists, every item)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "low": low, "high": high,
+            "above": above}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -17,95 +33,122 @@ class PipelineConfig:
     """Every setting of every stage; the resolved config is saved as ``<run_dir>/config.json``."""
 
     # run and data
-    run_dir: str = "runs/wsss"
-    dataset: str = "synthetic"  # synthetic | voc | coco
-    data_root: str | None = None
-    cls_labels: str | None = None  # IRN cls_labels.npy / .json / .txt; default: labels from the masks
-    train_split: str = "train"  # classifier and segmentation training (VOC: train_aug)
-    cam_split: str = "train"  # CAMs and pseudo masks are made (and scored) on this split
-    val_split: str = "val"  # the segmentation net is scored here
-    syn_train_images: int = 512
-    syn_val_images: int = 128
-    syn_size: int = 64
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    num_workers: int = 0
-    threads: int = 0  # CPU threads per process (0: torch's default; 1 is fastest on a busy 2-core machine)
-    progress: bool = True
+    run_dir: str = _key("runs/wsss", "folder of the run: every stage reads and writes only here")
+    dataset: str = _key("synthetic", "the dataset", choices=("synthetic", "voc", "coco"))
+    data_root: str | None = _key(None, "dataset folder (VOC2012 or the COCO root); not for synthetic")
+    cls_labels: str | None = _key(None, "IRN cls_labels.npy / .json / .txt; default: labels from the masks")
+    train_split: str = _key("train", "classifier and segmentation training (VOC: train_aug)")
+    cam_split: str = _key("train", "CAMs and pseudo masks are made (and scored) on this split")
+    val_split: str = _key("val", "the segmentation net is scored here")
+    syn_train_images: int = _key(512, "synthetic: images of the train split", low=1)
+    syn_val_images: int = _key(128, "synthetic: images of the val split", low=1)
+    syn_size: int = _key(64, "synthetic: image side in pixels", low=16)
+    seed: int = _key(0, "seed of the run (and of the synthetic scenes)", low=0)
+    device: str = _key("auto", "auto: CUDA when a GPU is visible, else the CPU", choices=("auto", "cpu", "cuda"))
+    num_workers: int = _key(0, "DataLoader worker processes", low=0)
+    threads: int = _key(0, "CPU threads per process (0: torch's default; 1 is fastest on a busy small machine)", low=0)
+    progress: bool = _key(True, "progress bars on a terminal")
     # augmentation (every training stage): random rescale, flip, random crop with padding
-    scale_range: tuple[float, ...] = (0.5, 1.5)  # rescale factors (lo, hi); 1,1 turns rescaling off
-    cls_crop_size: int | None = None  # None: the dataset's default (voc/coco 512, synthetic: syn_size); 0: none
-    irn_crop_size: int | None = None  # None: voc/coco 512, synthetic: syn_size
-    seg_crop_size: int | None = None  # None: voc/coco 321, synthetic: syn_size
+    scale_range: tuple[float, ...] = _key((0.5, 1.5), "random rescale factors lo,hi of every training stage (1,1: none)", above=0)
+    cls_crop_size: int | None = _key(
+        None, "classifier random crop side (unset: voc/coco 512, synthetic syn_size; 0: no crop)", low=0)
+    irn_crop_size: int | None = _key(None, "boundary net / AffinityNet crop side (unset: voc/coco 512, synthetic syn_size)", low=0)
+    seg_crop_size: int | None = _key(None, "segmentation crop side (unset: voc/coco 321, synthetic syn_size)", low=0)
     # classifier
-    backbone: str = "tiny"  # tiny | resnet18 | resnet34 | resnet50 | resnet101
-    width: int = 16  # tiny backbone width
-    weights_path: str | None = None  # torchvision ResNet state dict (never downloaded)
-    output_stride: int = 16
-    use_gcn: bool = True  # knowledge GCN head (ML-GCN) beside the 1x1 classifier
-    gcn_hidden: int = 256
-    gcn_loss: str = "focal"  # loss of the GCN branch: focal (the paper's code, gamma focal_gamma) | soft_margin
-    gcn_loss_weight: float = 1e-4  # the paper's code: 1e-4
-    focal_gamma: float = 2.0
-    graph: str = "cooccurrence"  # knowledge graph for GCN head and GRM: cooccurrence | knn | none
-    cam_source: str = "classifier"  # classifier | gcn | both
-    cls_epochs: int = 10
-    cls_batch: int = 32
-    cls_lr: float = 0.05
-    weight_decay: float = 1e-4
-    cam_method: str = "cam"  # cam | recam (ReCAM: a re-activation stage after the classifier, CVPR 2022)
-    recam_epochs: int = 4
-    recam_lr: float = 5e-4  # the ReCAM predictor's; the classifier trains at 0.1 x this
-    recam_loss_weight: float = 1.0
-    recam_batch: int | None = None  # None: cls_batch
+    backbone: str = _key("tiny", "classifier backbone (also of the boundary and affinity nets)", choices=BACKBONES)
+    width: int = _key(16, "tiny backbone width (channels of its first stage)", low=1)
+    weights_path: str | None = _key(None, "torchvision ResNet state dict for the backbone (never downloaded)")
+    output_stride: int = _key(16, "ResNet output stride (16 as IRN, or 32)", choices=(16, 32))
+    use_gcn: bool = _key(True, "knowledge GCN head (ML-GCN) beside the 1x1 classifier")
+    gcn_hidden: int = _key(256, "hidden width of the knowledge GCN head", low=1)
+    gcn_loss: str = _key(
+        "focal",
+        "loss of the knowledge GCN branch (the paper's code: focal)",
+        choices=("focal", "soft_margin"))
+    gcn_loss_weight: float = _key(1e-4, "weight of the GCN branch's loss (the paper's code: 1e-4)", low=0)
+    focal_gamma: float = _key(2.0, "focusing exponent of the focal GCN loss", low=0)
+    graph: str = _key(
+        "cooccurrence",
+        "knowledge graph of the GCN head and GRM (ML-GCN co-occurrence, embedding kNN, none)",
+        choices=("cooccurrence", "knn", "none"))
+    cam_source: str = _key("classifier", "which classifier weights give the CAMs", choices=("classifier", "gcn", "both"))
+    cls_epochs: int = _key(10, "classifier training epochs", low=1)
+    cls_batch: int = _key(32, "classifier batch (over all processes)", low=1)
+    cls_lr: float = _key(
+        0.05, "classifier learning rate (its new layers; a pretrained backbone trains at 0.1 x)", above=0)
+    weight_decay: float = _key(1e-4, "SGD weight decay of every training stage", low=0)
+    cam_method: str = _key(
+        "cam", "CAMs of the classifier, or ReCAM (a re-activation stage after it, CVPR 2022)", choices=("cam", "recam"))
+    recam_epochs: int = _key(4, "ReCAM training epochs", low=1)
+    recam_lr: float = _key(5e-4, "ReCAM predictor learning rate; the classifier trains at 0.1 x this", above=0)
+    recam_loss_weight: float = _key(1.0, "weight of ReCAM's cross-entropy", low=0)
+    recam_batch: int | None = _key(None, "ReCAM batch (unset: cls_batch)", low=1)
     # CAMs
-    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    cam_flip: bool = True
-    cam_stride: int = 4  # the grid of the saved ``cam``, of the boundary map and of the random walk (IRN: 4)
-    cam_eval_thres: float = 0.2  # background threshold when CAMs are scored as masks
+    cam_scales: tuple[float, ...] = _key((1.0, 0.5, 1.5, 2.0), "image scales of the multi-scale CAMs", above=0)
+    cam_flip: bool = _key(True, "add the mirrored images to the CAMs")
+    cam_stride: int = _key(4, "the grid of the saved cam, of the boundary map and of the random walk (IRN: 4)", low=1)
+    cam_eval_thres: float = _key(0.2, "background threshold when CAMs are scored as masks", low=0, high=1)
     # pseudo masks: affinity + random walk
-    aff_source: str = "irn"  # irn (IRN boundary net, train-irn) | affnet (PSA AffinityNet, train-aff) | classifier
-    conf_fg: float = 0.30  # confident foreground for train-irn / train-aff: CAM above this (IRN 0.30)
-    conf_bg: float = 0.05  # confident background: every CAM below this (IRN 0.05)
-    conf_crf: bool = True  # refine the confident regions with IRN's dense CRF on the image
-    irn_epochs: int = 3  # train-irn
-    irn_batch: int = 32
-    irn_lr: float = 0.1
-    irn_radius: int = 10  # radius of the training pairs (IRN: 10)
-    irn_init: str = "classifier"  # backbone of the boundary net: classifier (trained) | weights_path (IRN)
-    irn_freeze_backbone: bool = True  # IRN: frozen (ImageNet features); False: trained at irn_backbone_lr x irn_lr
-    irn_backbone_lr: float = 0.1
-    aff_epochs: int = 5  # train-aff
-    aff_lr: float = 0.05
-    aff_dim: int = 64
-    aff_scale: float = 1.0  # aff_source classifier: features divided by their mean |value|, times this
-    aff_rgb_weight: float = 0.0  # aff_source classifier / affnet: > 0 adds the image colour to the features
-    aff_radius: int = 5  # radius of the affinities of the random walk
-    rw_beta: float = 10.0
-    rw_steps: int = 256
-    bg_mode: str = "threshold"  # threshold (IRN: after the walk) | psa ((1 - max fg)^alpha, walked too)
-    bg_threshold: float = 0.25  # IRN sem_seg_bg_thres
-    bg_alpha: float = 16.0  # PSA
-    refine_crf: bool = False  # end refine with a dense CRF of the walked scores on the image (PSA's --out_crf)
-    crf_iterations: int = 10  # mean-field iterations of the dense CRFs (refine_crf, eval_crf)
+    aff_source: str = _key(
+        "irn",
+        "affinity of the walk: IRN boundary net (train-irn), PSA AffinityNet (train-aff), classifier features",
+        choices=("irn", "affnet", "classifier"))
+    conf_fg: float = _key(
+        0.30, "confident foreground for train-irn / train-aff: CAM above this (IRN 0.30)", low=0, high=1)
+    conf_bg: float = _key(0.05, "confident background: every CAM below this (IRN 0.05)", low=0, high=1)
+    conf_crf: bool = _key(True, "refine the confident regions with IRN's dense CRF on the image")
+    irn_epochs: int = _key(3, "boundary net training epochs (train-irn)", low=1)
+    irn_batch: int = _key(32, "boundary net batch", low=1)
+    irn_lr: float = _key(0.1, "boundary net learning rate", above=0)
+    irn_radius: int = _key(10, "radius of the training pairs (IRN: 10)", low=1)
+    irn_init: str = _key(
+        "classifier",
+        "where the boundary net's backbone starts: the trained classifier, or weights_path (IRN)",
+        choices=("classifier", "weights_path"))
+    irn_freeze_backbone: bool = _key(
+        True, "keep the boundary net's backbone frozen (IRN); off: it trains at irn_backbone_lr x irn_lr")
+    irn_backbone_lr: float = _key(
+        0.1, "with irn_freeze_backbone off: the backbone's learning rate as a fraction of irn_lr", above=0)
+    aff_epochs: int = _key(5, "AffinityNet training epochs (train-aff)", low=1)
+    aff_lr: float = _key(0.05, "AffinityNet learning rate (its head; the backbone at 0.1 x)", above=0)
+    aff_dim: int = _key(64, "AffinityNet feature channels", low=1)
+    aff_scale: float = _key(1.0, "aff_source classifier: features divided by their mean |value|, times this", above=0)
+    aff_rgb_weight: float = _key(
+        0.0, "aff_source classifier / affnet: > 0 adds the image colour to the features", low=0)
+    aff_radius: int = _key(5, "radius of the affinities of the random walk", low=1)
+    rw_beta: float = _key(10.0, "random walk: power of the affinities (IRN 10, PSA 8)", above=0)
+    rw_steps: int = _key(256, "random walk steps (IRN and PSA: 256)", low=0)
+    bg_mode: str = _key(
+        "threshold",
+        "background of the pseudo masks: IRN threshold after the walk, or PSA (1 - max fg)^alpha walked too",
+        choices=("threshold", "psa"))
+    bg_threshold: float = _key(0.25, "background score of bg_mode threshold (IRN sem_seg_bg_thres 0.25)", low=0, high=1)
+    bg_alpha: float = _key(16.0, "alpha of bg_mode psa (PSA: 16)", above=0)
+    refine_crf: bool = _key(False, "end refine with a dense CRF of the walked scores on the image (PSA's --out_crf)")
+    crf_iterations: int = _key(10, "mean-field iterations of the dense CRFs (refine_crf, eval_crf)", low=1)
     # segmentation
-    seg_backbone: str | None = None  # None: the classifier's backbone
-    seg_weights_path: str | None = None  # None: weights_path
-    seg_epochs: int = 10
-    seg_iterations: int = 0  # > 0: train this many SGD steps instead of seg_epochs epochs (DeepLab: 20000)
-    seg_batch: int = 16
-    seg_lr: float = 0.01
-    aspp_channels: int = 256
-    aspp_rates: tuple[int, ...] = (6, 12, 18)
-    use_grm: bool = True
-    grm_node_dim: int = 256
-    grm_key_dim: int = 64
-    grm_gcn_layers: int = 1
-    grm_embeddings: bool = True
-    seg_init_from_cls: bool = True  # start the segmentation backbone from the trained classifier's
+    seg_backbone: str | None = _key(None, "segmentation backbone (unset: the classifier's)", choices=BACKBONES)
+    seg_weights_path: str | None = _key(None, "torchvision state dict for the segmentation backbone (unset: weights_path)")
+    seg_epochs: int = _key(10, "segmentation training epochs (when seg_iterations is 0)", low=1)
+    seg_iterations: int = _key(0, "segmentation SGD steps, instead of seg_epochs epochs when > 0 (DeepLab: 20000)", low=0)
+    seg_batch: int = _key(16, "segmentation batch", low=1)
+    seg_lr: float = _key(0.01, "segmentation learning rate (its head; a pretrained backbone trains at 0.1 x)", above=0)
+    aspp_channels: int = _key(256, "channels of the ASPP head and of GRM", low=1)
+    aspp_rates: tuple[int, ...] = _key((6, 12, 18), "ASPP dilation rates", low=1)
+    use_grm: bool = _key(True, "GRM between the ASPP head and the classifier")
+    grm_node_dim: int = _key(256, "GRM node feature size", low=1)
+    grm_key_dim: int = _key(64, "GRM key size of the node-to-pixel attention", low=1)
+    grm_gcn_layers: int = _key(1, "GRM graph convolution layers", low=1)
+    grm_embeddings: bool = _key(True, "give the GRM nodes the class-name embeddings")
+    seg_init_from_cls: bool = _key(True, "start the segmentation backbone from the trained classifier's")
     # evaluation and report
-    eval_crf: bool = False  # also score the predictions after a dense CRF (the paper's test-time CRF)
-    num_figures: int = 6
+    eval_crf: bool = _key(False, "also score the predictions after a dense CRF (the paper's test-time CRF)")
+    num_figures: int = _key(6, "example rows in the report's figure", low=0)
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, hints[f.name], getattr(self, f.name), dict(f.metadata)))
 
     def crop_size(self, stage: str) -> int:
         """The crop side of ``stage`` (``"cls"``, ``"irn"``, ``"seg"``): the setting, or the dataset's default."""
@@ -144,15 +187,48 @@ class PipelineConfig:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        out = {}
-        for key, value in data.items():
-            out[key] = _coerce(key, hints[key], value)
-        return cls(**out)
+        return cls(**data)  # __post_init__ converts and checks every value
 
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Check/convert ``value`` to the field type ``hint``."""
+def _scalar(key: str, base: type, value: Any) -> Any:
+    """``value`` as ``base`` (bool, int, float, str); ValueError naming the key. No bool passes as a number."""
+    if base is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) and base in (int, float):
+        raise ValueError(f"config key {key!r} must be {base.__name__}, got {value!r}")
+    try:
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        out = base(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"config key {key!r} must be {base.__name__}, got {value!r}") from None
+    if base is float and not math.isfinite(out):
+        raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
+    return out
+
+
+def _check_value(key: str, meta: dict[str, Any], value: Any) -> None:
+    """ValueError naming the key when ``value`` is not among its choices or outside its range."""
+    choices = meta.get("choices")
+    device_index = key == "device" and isinstance(value, str) and re.fullmatch(r"cuda:\d+", value)
+    if choices is not None and value not in choices and not device_index:
+        raise ValueError(f"config key {key!r} must be one of {list(choices)}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
+        if (low is not None and value < low) or (high is not None and value > high) or \
+                (above is not None and value <= above):
+            bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "",
+                      f"> {above}" if above is not None else ""]
+            raise ValueError(f"config key {key!r} must be {' and '.join(b for b in bounds if b)}, got {value!r}")
+
+
+def _coerce(key: str, hint: Any, value: Any, meta: dict[str, Any] | None = None) -> Any:
+    """Check/convert ``value`` to the field type ``hint`` and its accepted values."""
+    meta = meta or {}
     args = typing.get_args(hint)
     if value is None:
         if type(None) in args:
@@ -161,22 +237,18 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {key!r} must be a list, got {value!r}")
-        return tuple(args[0](v) for v in value)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"config key {key!r} must be a non-empty list, got {value!r}")
+        out = tuple(_scalar(key, args[0], v) for v in value)
+        for v in out:
+            _check_value(key, meta, v)
+        if key == "scale_range" and (len(out) != 2 or out[0] > out[1]):
+            raise ValueError(f"config key 'scale_range' must be two factors lo,hi with lo <= hi, got {list(out)}")
+        return out
     base = next((a for a in args if a is not type(None)), hint)
-    if base is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {key!r} must be true/false, got {value!r}")
-        return value
-    try:
-        if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return base(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"config key {key!r} must be {base.__name__}, got {value!r}") from None
+    out = _scalar(key, base, value)
+    _check_value(key, meta, out)
+    return out
 
 
 PRESETS = ("voc", "coco")
@@ -203,32 +275,43 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             import yaml
         except ImportError:
             raise ImportError(f"config file {str(p)!r} is YAML: pip install pyyaml, or use JSON") from None
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {str(p)!r} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise TypeError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
     return data
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE`` and one ``--<key>`` flag per config field (default: unset, i.e. keep the file's)."""
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """Add ``--config FILE`` and one ``--<key>`` flag per config field, with its help, choices and the default it
+    gets (``defaults``: a preset's values shown instead of the field defaults). Unset flags keep the file's."""
     parser.add_argument("--config", help="JSON or YAML file of config keys, or a shipped preset: voc, coco (the "
                         "paper's recipe); flags override it")
     hints = typing.get_type_hints(PipelineConfig)
+    shown = {**PipelineConfig().to_dict(), **(defaults or {})}
     for f in fields(PipelineConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        args = typing.get_args(hint)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        helptext = f"(default: {default})"
+        meta = f.metadata
+        default = shown[f.name]
+        default = ",".join(str(v) for v in default) if isinstance(default, (list, tuple)) else default
+        helptext = f"{meta['help']} (default: {'unset' if default is None else default})".replace("%", "%%")
+        choices = meta.get("choices")
         if hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif typing.get_origin(hint) is tuple:
-            parser.add_argument(flag, dest=f.name, default=None, help=f"comma-separated {helptext}")
+            parser.add_argument(flag, dest=f.name, default=None, metavar="V,V", help=f"comma-separated: {helptext}")
         else:
-            base = next((a for a in args if a is not type(None)), hint)
-            parser.add_argument(flag, dest=f.name, type=base, default=None, help=helptext)
+            base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+            parser.add_argument(flag, dest=f.name, type=base, default=None, help=helptext,
+                                choices=None if choices is None or f.name == "device" else choices)
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> PipelineConfig:

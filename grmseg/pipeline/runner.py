@@ -19,6 +19,7 @@ def remove_run(run: Path) -> None:
         if not (run / "config.json").is_file() and any(run.iterdir()):
             raise FileExistsError(f"{str(run)!r} exists and is not a grmseg run folder (no config.json); choose "
                                   "another --run-dir")
+        rt.close_log(run)
         shutil.rmtree(run)
 
 

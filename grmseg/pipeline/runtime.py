@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import sys
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but no CUDA device is visible")
+            raise ValueError("config key 'device': 'cuda' requested but no CUDA device is visible (use cpu or auto)")
         if dev.index is None:
             dev = torch.device("cuda", dist_env()[2])
         torch.cuda.set_device(dev)
@@ -103,6 +106,16 @@ def get_logger(run_dir: str | os.PathLike | None = None) -> logging.Logger:
     return log
 
 
+def close_log(run_dir: str | os.PathLike) -> None:
+    """Close the log file of ``run_dir`` (before the folder is deleted; the next :func:`get_logger` reopens it)."""
+    path = os.path.abspath(str(Path(run_dir) / "log.txt"))
+    log = logging.getLogger(LOGGER_NAME)
+    for h in list(log.handlers):
+        if isinstance(h, logging.FileHandler) and h.baseFilename == path:
+            log.removeHandler(h)
+            h.close()
+
+
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True) -> Iterable:
     """A tqdm progress bar on rank 0 (stderr, when it is a terminal); the plain iterable elsewhere or when
     disabled."""
@@ -127,11 +140,60 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None when there is none."""
+    """The checkpoint at ``path``, or None when there is none; ValueError naming the file when it is corrupt
+    (e.g. truncated by a full disk)."""
     p = Path(path)
     if not p.is_file():
         return None
-    return torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"corrupt checkpoint {str(p)!r} ({type(exc).__name__}: {str(exc)[:120]}): delete it to "
+                         "redo its stage") from None
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a whole torch checkpoint (every zip member reads back with a good CRC); False when
+    there is no file. ValueError when the file is there but damaged."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"corrupt checkpoint {str(p)!r} ({exc}): delete it to redo its stage") from None
+    if bad is not None:
+        raise ValueError(f"corrupt checkpoint {str(p)!r} (member {bad} fails its CRC): delete it to redo its stage")
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temp files (``.<name>.<pid>.tmp*``) that a killed writer left in ``folder``; returns how many.
+    Only on rank 0, and only of processes that are gone."""
+    p = Path(folder)
+    if not p.is_dir() or not is_main():
+        return 0
+    removed = 0
+    for tmp in p.glob(".*.tmp*"):
+        m = re.search(r"\.(\d+)\.tmp", tmp.name)
+        if m and _pid_alive(int(m.group(1))):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -206,7 +206,8 @@ def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int
     """Write the synthetic scenes as a PASCAL VOC 2012 or COCO-2014 folder, at sizes that are no multiple of 16.
 
     Image ``i`` of a split is the scene of :func:`make_sample` ``(seed, split, i)`` at a height and width drawn
-    from ``[min_size, max_size]`` (skipping multiples of 16), saved as a JPEG (``quality``) with its mask in the
+    from ``[min_size, max_size]`` (skipping multiples of 16), saved as a JPEG (``quality``, no chroma
+    subsampling, so that colour edges survive as in a good photograph) with its mask in the
     dataset's class indices as a palette PNG. VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``,
     ``ImageSets/Segmentation/{train,train_aug,val}.txt``. COCO: ``JPEGImages/<split>2014/``,
     ``SegmentationClass/<split>2014/``, ``ImageSets/{train,val}.txt``. Ids are ``syn_<split>_<i>`` as in the
@@ -235,7 +236,7 @@ def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int
             rng = np.random.default_rng([seed, _SPLIT_SEED[split], i, 16])
             size = (_odd_side(rng, min_size, max_size), _odd_side(rng, min_size, max_size))
             smp = make_sample(seed, split, i, size)
-            Image.fromarray(smp["image"]).save(images / f"{smp['id']}.jpg", quality=quality)
+            Image.fromarray(smp["image"]).save(images / f"{smp['id']}.jpg", quality=quality, subsampling=0)
             save_png_atomic(masks / f"{smp['id']}.png", lut[smp["mask"]], pal)
             ids.append(smp["id"])
         sets = root / "ImageSets" / ("Segmentation" if layout == "voc" else "")

@@ -42,9 +42,11 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
     names = ds.class_names
     cam_m, ps_m = SegmentationMeter(names), SegmentationMeter(names)
     n_cam = n_ps = 0
+    unscored: dict[str, list[str]] = {cfg.cam_split: [], cfg.val_split: []}
     for i in rt.progress(range(len(ds)), len(ds), "eval cam/pseudo", cfg.progress):
         s = ds[i]
         if s["mask"] is None:
+            unscored[cfg.cam_split].append(s["id"])
             continue
         cp, pp = run / "cams" / f"{s['id']}.npz", run / "pseudo" / f"{s['id']}.png"
         if cp.is_file():
@@ -78,11 +80,19 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
                 if cfg.eval_crf:
                     crf_m.update(pred_crf, s["mask"])
                 n += 1
+            else:
+                unscored[cfg.val_split].append(s["id"])
         if n:
             label = "segmentation (GRM)" if cfg.use_grm else "segmentation (no GRM)"
             results[label] = {**seg_m.summary(), "split": cfg.val_split, "images": n}
             if cfg.eval_crf:
                 results[label + " + CRF"] = {**crf_m.summary(), "split": cfg.val_split, "images": n}
+    for split, ids in unscored.items():
+        if ids:
+            log.info(f"[eval] warning: {len(ids)} image(s) of {split!r} have no ground-truth mask and are not scored "
+                     f"(e.g. {ids[:3]})")
+    for summary in results.values():
+        summary["unscored_images"] = len(unscored[summary["split"]])
     out = run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".eval.json.{os.getpid()}.tmp"

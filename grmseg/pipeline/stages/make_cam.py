@@ -18,7 +18,7 @@ from grmseg.models.wsss import MultiLabelClassifier
 from grmseg.pipeline import pseudo_masks as pm
 from grmseg.pipeline import runtime as rt
 from grmseg.pipeline.cam_aggregation import multiscale_cams
-from grmseg.pipeline.common import open_dataset, save_cam, shard, stage_device, to_tensor
+from grmseg.pipeline.common import files_to_write, load_cam, open_dataset, save_cam, stage_device, to_tensor
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.stages.train_cls import load_classifier
 
@@ -48,7 +48,7 @@ def make_cam(cfg: PipelineConfig) -> Path:
     model, _ = load_classifier(cfg, dev)
     ds = open_dataset(cfg, cfg.cam_split)
     out = Path(cfg.run_dir) / "cams"
-    todo = [i for i in shard(len(ds)) if not (out / f"{ds.ids[i]}.npz").is_file()]
+    todo = files_to_write(ds, out, ".npz", load_cam)
     t0 = time.perf_counter()
     for i in rt.progress(todo, len(todo), "make-cam", cfg.progress):
         s = ds[i]

@@ -28,10 +28,10 @@ from grmseg import ops
 from grmseg.geometry import resample, strided_size
 from grmseg.pipeline import pseudo_masks as pm
 from grmseg.pipeline import runtime as rt
-from grmseg.pipeline.common import load_cam, open_dataset, shard, stage_device, to_rgb, to_tensor
+from grmseg.pipeline.common import files_to_write, load_cam, open_dataset, stage_device, to_rgb, to_tensor
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.crf import crf_probabilities
-from grmseg.pipeline.datasets import save_png_atomic, voc_palette
+from grmseg.pipeline.datasets import load_mask, save_png_atomic, voc_palette
 from grmseg.pipeline.stages.train_aff import load_affinity_net
 from grmseg.pipeline.stages.train_cls import load_classifier
 from grmseg.pipeline.stages.train_irn import check_grid, load_boundary_net
@@ -125,7 +125,7 @@ def refine(cfg: PipelineConfig) -> Path:
     ds = open_dataset(cfg, cfg.cam_split)
     cams, out = Path(cfg.run_dir) / "cams", Path(cfg.run_dir) / "pseudo"
     pal = voc_palette()
-    todo = [i for i in shard(len(ds)) if not (out / f"{ds.ids[i]}.png").is_file()]
+    todo = files_to_write(ds, out, ".png", lambda p: load_mask(p, ds.num_classes))
     t0 = time.perf_counter()
     for i in rt.progress(todo, len(todo), "refine", cfg.progress):
         s = ds[i]
