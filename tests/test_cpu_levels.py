@@ -140,3 +140,18 @@ def test_every_level_computes_the_same_results():
     for level, outs in results.items():
         for a, ref in zip(outs, first):
             torch.testing.assert_close(a, ref, rtol=1e-12, atol=1e-12, msg=level)
+
+
+def test_auto_skips_the_gemm_kernels_at_the_x86_baseline():
+    """At the baseline level (SSE2) the GEMM-shaped CPU kernels are slower than the reference: auto keeps it."""
+    code = ("import grmseg.ops as o; from grmseg.ops.impl import csrc; "
+            "print(sorted(csrc.NOT_AUTO.get('cpu', ()))); print(o.selected('grm_project_forward', 'cpu'))")
+    proc = _run_python(code, GRMSEG_CPU_CAPABILITY="default")
+    assert proc.returncode == 0, proc.stderr
+    skipped, chosen = proc.stdout.splitlines()[:2]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert "grm_project_forward" in skipped and chosen == "reference"
+    from grmseg.ops.impl import csrc
+
+    if _ext.cpu_capability() != "default":
+        assert csrc.NOT_AUTO == {} and grmseg.ops.selected("grm_project_forward", "cpu") == "csrc"

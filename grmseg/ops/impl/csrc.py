@@ -10,6 +10,8 @@ compiled at run time through CuPy's NVRTC (``cupy_nvrtc``); ``status("cuda")`` t
 
 from __future__ import annotations
 
+import platform
+
 import torch
 from torch import Tensor
 
@@ -18,9 +20,23 @@ from grmseg.ops import _backends
 from grmseg.ops.impl import cupy_nvrtc
 
 NAME = "csrc"
-#: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks).
-#: None at present: every CPU kernel beats the reference at the benchmark sizes (README, benchmarks/results).
-NOT_AUTO: dict[str, frozenset[str]] = {}
+#: CPU kernels that are slower than the reference when they run at the baseline instruction-set level of x86-64
+#: (SSE2: a CPU without AVX2, or ``GRMSEG_CPU_CAPABILITY=default``), measured at the CPU benchmark sizes.
+SLOWER_AT_X86_BASELINE = frozenset(
+    {"grm_project_forward", "grm_reproject_forward", "grm_reproject_backward", "graph_conv_forward"}
+)
+
+
+def _not_auto() -> dict[str, frozenset[str]]:
+    if _ext.cpu_capability() == "default" and platform.machine().lower() in ("x86_64", "amd64"):
+        return {"cpu": SLOWER_AT_X86_BASELINE}
+    return {}
+
+
+#: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks;
+#: a forced backend still runs them). At the AVX2 and AVX-512 levels every CPU kernel beats the reference at the
+#: benchmark sizes (README); at x86-64's baseline level some do not. Taken from the level in use at import.
+NOT_AUTO: dict[str, frozenset[str]] = _not_auto()
 
 KERNEL_NAMES = _backends.KERNEL_NAMES
 
