@@ -382,18 +382,47 @@ void load_tile(const scalar_t* src, int64_t sc, int64_t sp, int64_t C, int64_t p
   }
 }
 
-// Copies a [C][np] tile (row stride ld) into a contiguous [C][P] map at pixel p0, in the map's dtype.
+// Outputs at least this large go to memory with streaming stores: they do not fit in the caches anyway, and a
+// streaming store does not read the line first.
+constexpr int64_t kStreamBytes = 4 << 20;
+
+// Copies a [C][np] tile (row stride ld) into a contiguous [C][P] map at pixel p0, in the map's dtype; with
+// `stream`, through streaming stores where the rows allow (call stream_fence() before the data is shared).
 template <typename scalar_t, typename acc_t>
-void store_tile(const acc_t* tile, int64_t ld, scalar_t* dst, int64_t P, int64_t p0, int64_t C, int64_t np) {
+void store_tile(const acc_t* tile, int64_t ld, scalar_t* dst, int64_t P, int64_t p0, int64_t C, int64_t np,
+                bool stream = false) {
   for (int64_t c = 0; c < C; ++c) {
     const acc_t* s = tile + c * ld;
     scalar_t* d = dst + c * P + p0;
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+      constexpr int64_t VL = kVL<acc_t>;
+      if (stream && reinterpret_cast<uintptr_t>(d) % (VL * sizeof(acc_t)) == 0 && np % VL == 0) {
+        for (int64_t p = 0; p < np; p += VL) {
+          const Vec<acc_t> v = Vec<acc_t>::loadu(s + p);
+#if defined(CPU_CAPABILITY_AVX512)
+          if constexpr (std::is_same_v<acc_t, float>) _mm512_stream_ps(d + p, v);
+          else _mm512_stream_pd(d + p, v);
+#else
+          if constexpr (std::is_same_v<acc_t, float>) _mm256_stream_ps(d + p, v);
+          else _mm256_stream_pd(d + p, v);
+#endif
+        }
+        continue;
+      }
+#endif
       std::memcpy(d, s, static_cast<size_t>(np) * sizeof(acc_t));
     } else {
       for (int64_t p = 0; p < np; ++p) d[p] = static_cast<scalar_t>(s[p]);
     }
   }
+}
+
+// Orders this thread's streaming stores before whatever follows (another thread may read the data next).
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  _mm_sfence();
+#endif
 }
 
 }  // namespace

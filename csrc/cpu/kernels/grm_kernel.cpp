@@ -96,6 +96,7 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
   constexpr int64_t ld = tile_ld<acc_t>(kT);
   const GrmSplit& s = a.s;
   const int64_t C = s.C, K = s.K, P = s.P;
+  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
   Scratch<acc_t> xbuf(C * ld), zbuf(2 * K * ld);
   acc_t* X = xbuf.data();  // X, then gx
   acc_t* Z = zbuf.data();  // rows [0, K): S -> A; rows [K, 2K): G -> GS
@@ -119,8 +120,9 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
     gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, X, ld,  // gx = [GH^T W^T] [A; GS]
                    next_tile(a.x, s, t.bi, t.p0));
-    store_tile<T, acc_t>(X, ld, a.gx + t.bi * C * P, P, t.p0, C, t.np);
+    store_tile<T, acc_t>(X, ld, a.gx + t.bi * C * P, P, t.p0, C, t.np, stream);
   });
+  stream_fence();
 }
 
 template <typename T>
@@ -129,6 +131,7 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
   constexpr int64_t ld = tile_ld<acc_t>(kT);
   const GrmSplit& s = a.s;
   const int64_t C = s.C, K = s.K, P = s.P;
+  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
   Scratch<acc_t> xbuf(C * ld), sbuf(K * ld);
   acc_t *X = xbuf.data(), *S = sbuf.data();  // X, then y
   for_each_tile<acc_t>(s, begin, end, [](int64_t, int64_t) {}, [&](const Tile& t) {
@@ -137,8 +140,9 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
     gemm_nn<acc_t>(C, t.nc, K, a.vt + t.bi * C * K, K, 1, S, ld, X, ld, X, ld,       // y = X + V^T A
                    next_tile(a.x, s, t.bi, t.p0));
-    store_tile<T, acc_t>(X, ld, a.y + t.bi * C * P, P, t.p0, C, t.np);
+    store_tile<T, acc_t>(X, ld, a.y + t.bi * C * P, P, t.p0, C, t.np, stream);
   });
+  stream_fence();
 }
 
 template <typename T>
@@ -147,6 +151,7 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
   constexpr int64_t ld = tile_ld<acc_t>(kT);
   const GrmSplit& s = a.s;
   const int64_t C = s.C, K = s.K, P = s.P;
+  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
   Scratch<acc_t> xbuf(C * ld), gbuf(C * ld), sbuf(2 * K * ld);
   acc_t *X = xbuf.data(), *GY = gbuf.data();  // GY, then gx
   acc_t* S = sbuf.data();                      // E -> A
@@ -170,8 +175,9 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gqt, K);                                      // gq^T += X GE^T
     gemm_nn<acc_t>(C, t.nc, K, a.qt + t.bi * C * K, K, 1, G, ld, GY, ld, GY, ld,          // gx = GY + Q^T GE
                    next_tile(a.x, s, t.bi, t.p0));
-    store_tile<T, acc_t>(GY, ld, a.gx + t.bi * C * P, P, t.p0, C, t.np);
+    store_tile<T, acc_t>(GY, ld, a.gx + t.bi * C * P, P, t.p0, C, t.np, stream);
   });
+  stream_fence();
 }
 
 }  // namespace
