@@ -282,15 +282,23 @@ def test_csrc_cpu_kernels_at_every_level(dtype):
 
 
 @pytest.mark.usefixtures("cpu_level")
-def test_csrc_cam_does_not_depend_on_the_thread_count():
+def test_csrc_cam_and_affinities_do_not_depend_on_the_thread_count():
+    """Sizes large enough that the CPU kernels run in parallel (small calls stay on one thread)."""
     feat, weight, labels = _cam_inputs(2, 64, 33, 47, 21)
     f, w = feat.float(), weight.float()
+    loc = torch.randn(2, 32, 64, 64, generator=_gen(7))
+    bd = torch.rand(2, 1, 200, 200, generator=_gen(8))
+
+    def run():
+        return (gops.cam(f, w, labels, backend="csrc"), gops.local_affinity(loc, 5, backend="csrc"),
+                gops.boundary_affinity(bd, 5, backend="csrc"))
+
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        first = gops.cam(f, w, labels, backend="csrc")
+        first = run()
         torch.set_num_threads(max(2, before))
-        second = gops.cam(f, w, labels, backend="csrc")
+        second = run()
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(first, second)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -8,7 +8,7 @@ namespace cpu {
 
 // Below this many flops (or element operations) a call runs on the calling thread: starting the other threads
 // of a parallel region costs microseconds, and many more when they have been descheduled on a busy machine.
-constexpr double kMinParallelWork = 1 << 19;
+constexpr double kMinParallelWork = 1 << 22;
 
 // The grain for at::parallel_for over `tasks` tasks that together do `work`: all of them at once (no parallel
 // region) for small calls, one at a time otherwise. The result never depends on it (the tasks are the same).
