@@ -102,14 +102,57 @@ inline void prefetch_rows(const Prefetch& pf, int64_t row0, int64_t rows, int64_
   }
 }
 
+// ------------------------------------------------------------------------------------------------ streaming
+// Whether this level has streaming (non-temporal) stores: they write a line without reading it first, and do not
+// keep it in the caches (for outputs too large for them anyway).
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+constexpr bool kHasStreamingStores = true;
+#else
+constexpr bool kHasStreamingStores = false;
+#endif
+
+// v to p (aligned to the vector) with a streaming store where the level has them, else a plain one.
+template <typename T>
+inline void stream_store(T* p, const Vec<T>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_stream_ps(p, v);
+  } else {
+    _mm512_stream_pd(p, v);
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_stream_ps(p, v);
+  } else {
+    _mm256_stream_pd(p, v);
+  }
+#else
+  v.store(p);
+#endif
+}
+
+// Whether rows of stride ld starting at p can take streaming stores of whole vectors.
+template <typename T>
+inline bool can_stream(const T* p, int64_t ld) {
+  constexpr int64_t bytes = kVL<T> * static_cast<int64_t>(sizeof(T));
+  return kHasStreamingStores && reinterpret_cast<uintptr_t>(p) % bytes == 0 && (ld * sizeof(T)) % bytes == 0;
+}
+
+// Orders this thread's streaming stores before whatever follows (another thread may read the data next).
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  _mm_sfence();
+#endif
+}
+
 // ------------------------------------------------------------------------------------------------ gemm_nn
 // Rows [0, M) of C over `blocks` column blocks of NV vectors: C[i][j] = C0[i][j] (or 0 when c0 is null) +
 // sum_k A(i, k) B[k][j]. C0 may alias C. Block j also prefetches rows [pf_row, pf_row + pf_rows) of pf, its share
-// of pf_step bytes.
+// of pf_step bytes. With `stream`, C is written with streaming stores (C and ldc aligned: see can_stream).
 template <typename T, int M, int NV>
 void nn_block(int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_t ldb, const T* c0,
               int64_t ldc0, T* c, int64_t ldc, int64_t blocks, const Prefetch* pf, int64_t pf_row,
-              int64_t pf_rows, int64_t pf_step) {
+              int64_t pf_rows, int64_t pf_step, bool stream) {
   using V = Vec<T>;
   constexpr int64_t VL = kVL<T>, NB = NV * VL;
   for (int64_t jb = 0; jb < blocks; ++jb) {
@@ -141,16 +184,23 @@ void nn_block(int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_
         for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, bv[v], acc[i][v]);
       }
     }
+    if (stream) {
 #pragma GCC unroll 16
-    for (int i = 0; i < M; ++i)
+      for (int i = 0; i < M; ++i)
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v].store(c + i * ldc + j0 + v * VL);
+        for (int v = 0; v < NV; ++v) stream_store(c + i * ldc + j0 + v * VL, acc[i][v]);
+    } else {
+#pragma GCC unroll 16
+      for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[i][v].store(c + i * ldc + j0 + v * VL);
+    }
   }
 }
 
 template <typename T>
 using NnFn = void (*)(int64_t, const T*, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t,
-                      int64_t, const Prefetch*, int64_t, int64_t, int64_t);
+                      int64_t, const Prefetch*, int64_t, int64_t, int64_t, bool);
 
 template <typename T, int NV, int... R>
 constexpr std::array<NnFn<T>, sizeof...(R)> nn_table(std::integer_sequence<int, R...>) {
@@ -159,9 +209,10 @@ constexpr std::array<NnFn<T>, sizeof...(R)> nn_table(std::integer_sequence<int, 
 
 // C[m][n] = C0[m][n] (or 0 when c0 is null) + sum_{k < kd} A(i, k) B[k][n], A(i, k) = a[i * sa + k * sk].
 // n is a multiple of the vector length. c0 may be c. `next`: prefetched on the way, rows [0, m) (see Prefetch).
+// `stream`: C written with streaming stores (requires can_stream(c, ldc)).
 template <typename T>
 void gemm_nn(int64_t m, int64_t n, int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_t ldb,
-             const T* c0, int64_t ldc0, T* c, int64_t ldc, const Prefetch& next = {}) {
+             const T* c0, int64_t ldc0, T* c, int64_t ldc, const Prefetch& next = {}, bool stream = false) {
   static constexpr auto full = nn_table<T, kNnVecs>(std::make_integer_sequence<int, kNnRows>());
   static constexpr auto single = nn_table<T, 1>(std::make_integer_sequence<int, kNnRows>());
   constexpr int64_t VL = kVL<T>, NB = kNnVecs * VL;
@@ -172,12 +223,13 @@ void gemm_nn(int64_t m, int64_t n, int64_t kd, const T* a, int64_t sa, int64_t s
   for_row_blocks(m, kNnRows, [&](int64_t i0, int64_t rows) {
     const T* c0i = c0 == nullptr ? nullptr : c0 + i0 * ldc0;
     if (blocks > 0) {
-      full[rows - 1](kd, a + i0 * sa, sa, sk, b, ldb, c0i, ldc0, c + i0 * ldc, ldc, blocks, pf, i0, rows, step);
+      full[rows - 1](kd, a + i0 * sa, sa, sk, b, ldb, c0i, ldc0, c + i0 * ldc, ldc, blocks, pf, i0, rows, step,
+                     stream);
     }
     if (tail > 0) {
       const int64_t j0 = blocks * NB;
       single[rows - 1](kd, a + i0 * sa, sa, sk, b + j0, ldb, c0i == nullptr ? nullptr : c0i + j0, ldc0,
-                       c + i0 * ldc + j0, ldc, tail, blocks > 0 ? nullptr : pf, i0, rows, next.bytes);
+                       c + i0 * ldc + j0, ldc, tail, blocks > 0 ? nullptr : pf, i0, rows, next.bytes, stream);
     }
   });
 }
@@ -395,34 +447,16 @@ void store_tile(const acc_t* tile, int64_t ld, scalar_t* dst, int64_t P, int64_t
     const acc_t* s = tile + c * ld;
     scalar_t* d = dst + c * P + p0;
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
       constexpr int64_t VL = kVL<acc_t>;
-      if (stream && reinterpret_cast<uintptr_t>(d) % (VL * sizeof(acc_t)) == 0 && np % VL == 0) {
-        for (int64_t p = 0; p < np; p += VL) {
-          const Vec<acc_t> v = Vec<acc_t>::loadu(s + p);
-#if defined(CPU_CAPABILITY_AVX512)
-          if constexpr (std::is_same_v<acc_t, float>) _mm512_stream_ps(d + p, v);
-          else _mm512_stream_pd(d + p, v);
-#else
-          if constexpr (std::is_same_v<acc_t, float>) _mm256_stream_ps(d + p, v);
-          else _mm256_stream_pd(d + p, v);
-#endif
-        }
+      if (stream && can_stream(d, VL) && np % VL == 0) {
+        for (int64_t p = 0; p < np; p += VL) stream_store(d + p, Vec<acc_t>::loadu(s + p));
         continue;
       }
-#endif
       std::memcpy(d, s, static_cast<size_t>(np) * sizeof(acc_t));
     } else {
       for (int64_t p = 0; p < np; ++p) d[p] = static_cast<scalar_t>(s[p]);
     }
   }
-}
-
-// Orders this thread's streaming stores before whatever follows (another thread may read the data next).
-inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-  _mm_sfence();
-#endif
 }
 
 }  // namespace

@@ -52,6 +52,17 @@ struct Tile {
   int64_t bi, p0, np, nc;
 };
 
+// Where the last product of a tile can write its [C, np] result straight into the output map out (a contiguous
+// [C, P] map of T) with streaming stores: a large output in the accumulation type, whole vectors, aligned rows.
+// Null otherwise (the result then goes through the tile buffer and store_tile).
+template <typename T>
+T* direct_output(T* out, int64_t P, const Tile& t, bool stream) {
+  if constexpr (std::is_same_v<T, acc_type<T>>) {
+    if (stream && t.np == t.nc && can_stream(out + t.p0, P)) return out + t.p0;
+  }
+  return nullptr;
+}
+
 // Calls on_tile(tile) for every tile of every task in [begin, end), after on_task(task, image) for each task.
 template <typename acc_t, typename OnTask, typename OnTile>
 void for_each_tile(const GrmSplit& s, int64_t begin, int64_t end, const OnTask& on_task, const OnTile& on_tile) {
@@ -118,9 +129,14 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     softmax_backward_columns<acc_t>(Z, G, K, ld, t.nc);              // GS
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K);                // gw^T += X GS^T
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
-    gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, X, ld,  // gx = [GH^T W^T] [A; GS]
-                   next_tile(a.x, s, t.bi, t.p0));
-    store_tile<T, acc_t>(X, ld, a.gx + t.bi * C * P, P, t.p0, C, t.np, stream);
+    // gx = [GH^T W^T] [A; GS], straight to gx when it can be, else through X
+    T* gx = a.gx + t.bi * C * P;
+    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(gx, P, t, stream))) {
+      gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, out, P, next_tile(a.x, s, t.bi, t.p0), true);
+    } else {
+      gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, X, ld, next_tile(a.x, s, t.bi, t.p0));
+      store_tile<T, acc_t>(X, ld, gx, P, t.p0, C, t.np, stream);
+    }
   });
   stream_fence();
 }
@@ -138,9 +154,15 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
     load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
     gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, X, ld, nullptr, 0, S, ld);  // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
-    gemm_nn<acc_t>(C, t.nc, K, a.vt + t.bi * C * K, K, 1, S, ld, X, ld, X, ld,       // y = X + V^T A
-                   next_tile(a.x, s, t.bi, t.p0));
-    store_tile<T, acc_t>(X, ld, a.y + t.bi * C * P, P, t.p0, C, t.np, stream);
+    // y = X + V^T A, straight to y when it can be, else in place in X
+    const acc_t* vt = a.vt + t.bi * C * K;
+    T* y = a.y + t.bi * C * P;
+    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(y, P, t, stream))) {
+      gemm_nn<acc_t>(C, t.nc, K, vt, K, 1, S, ld, X, ld, out, P, next_tile(a.x, s, t.bi, t.p0), true);
+    } else {
+      gemm_nn<acc_t>(C, t.nc, K, vt, K, 1, S, ld, X, ld, X, ld, next_tile(a.x, s, t.bi, t.p0));
+      store_tile<T, acc_t>(X, ld, y, P, t.p0, C, t.np, stream);
+    }
   });
   stream_fence();
 }
@@ -173,9 +195,15 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
     gemm_nt<acc_t>(K, C, t.nc, S, ld, GY, ld, gvt, K, next_tile(a.gy, s, t.bi, t.p0));    // gv^T += GY A^T
     softmax_backward_columns<acc_t>(S, G, K, ld, t.nc);                                    // GE
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gqt, K);                                      // gq^T += X GE^T
-    gemm_nn<acc_t>(C, t.nc, K, a.qt + t.bi * C * K, K, 1, G, ld, GY, ld, GY, ld,          // gx = GY + Q^T GE
-                   next_tile(a.x, s, t.bi, t.p0));
-    store_tile<T, acc_t>(GY, ld, a.gx + t.bi * C * P, P, t.p0, C, t.np, stream);
+    // gx = GY + Q^T GE, straight to gx when it can be, else in place in GY
+    const acc_t* qt = a.qt + t.bi * C * K;
+    T* gx = a.gx + t.bi * C * P;
+    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(gx, P, t, stream))) {
+      gemm_nn<acc_t>(C, t.nc, K, qt, K, 1, G, ld, GY, ld, out, P, next_tile(a.x, s, t.bi, t.p0), true);
+    } else {
+      gemm_nn<acc_t>(C, t.nc, K, qt, K, 1, G, ld, GY, ld, GY, ld, next_tile(a.x, s, t.bi, t.p0));
+      store_tile<T, acc_t>(GY, ld, gx, P, t.p0, C, t.np, stream);
+    }
   });
   stream_fence();
 }
