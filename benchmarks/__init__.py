@@ -8,6 +8,7 @@ Run from the repository root::
 
 Modules, one job each: :mod:`benchmarks.cases` (what to run: shapes, inputs, bytes moved),
 :mod:`benchmarks.providers` (who runs it: one row per backend, plus the reference under ``torch.compile``),
+:mod:`benchmarks.external` (baselines outside grmseg: pydensecrf for ``dense_crf``),
 :mod:`benchmarks.timing` (timers and peak memory), :mod:`benchmarks.machine` (device facts: name, versions,
 peak bandwidth), :mod:`benchmarks.runner` (the loop) and :mod:`benchmarks.report` (table, JSON, Markdown).
 """

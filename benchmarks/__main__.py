@@ -9,7 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmarks.cases import DTYPES, OPS, SIZE_SETS
+from benchmarks import external
+from benchmarks.cases import DTYPES, OPS, PHASES, SIZE_SETS
 from benchmarks.providers import COMPILED
 from benchmarks.report import format_table
 from benchmarks.runner import BenchConfig, run
@@ -31,8 +32,11 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p.add_argument("--ops", type=_csv, metavar="A,B", help=f"ops to run (default all: {','.join(OPS)})")
     p.add_argument("--dtype", type=_csv, metavar="D,E", dest="dtypes",
                    help=f"dtypes replacing each shape's own ({', '.join(sorted(set(DTYPES)))})")
+    p.add_argument("--phases", type=_csv, metavar="P,Q",
+                   help=f"phases to keep ({', '.join(PHASES)}; default: every op's own)")
     p.add_argument("--providers", type=_csv, metavar="P,Q",
-                   help="providers to keep (default: every available backend, plus reference+compile)")
+                   help="providers to keep (default: every available backend, the external baselines that import "
+                        "(pydensecrf for dense_crf), plus reference+compile)")
     p.add_argument("--sizes", choices=sorted(SIZE_SETS), help="size set (default: the device type's)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 3 runs per row: a smoke test")
     p.add_argument("--repeats", type=int, metavar="N", help="timed runs per row (default 100 CUDA, 20 CPU)")
@@ -60,15 +64,19 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     for name in a.ops or ():
         if name not in OPS:
             p.error(f"unknown op {name!r}; choose from {', '.join(OPS)}")
+    known = (*BACKEND_NAMES, *external.names(), COMPILED)
     for name in a.providers or ():
-        if name not in (*BACKEND_NAMES, COMPILED):
-            p.error(f"unknown provider {name!r}; choose from {', '.join((*BACKEND_NAMES, COMPILED))}")
+        if name not in known:
+            p.error(f"unknown provider {name!r}; choose from {', '.join(known)}")
     for name in a.dtypes or ():
         if name not in DTYPES:
             p.error(f"unknown dtype {name!r}; choose from {', '.join(sorted(DTYPES))}")
+    for name in a.phases or ():
+        if name not in PHASES:
+            p.error(f"unknown phase {name!r}; choose from {', '.join(PHASES)}")
     config = BenchConfig(
-        device=a.device, sizes=a.sizes, quick=a.quick, ops=a.ops, dtypes=a.dtypes, providers=a.providers,
-        repeats=a.repeats, threads=threads, cpu_level=a.cpu_level, sgemm=a.sgemm,
+        device=a.device, sizes=a.sizes, quick=a.quick, ops=a.ops, dtypes=a.dtypes, phases=a.phases,
+        providers=a.providers, repeats=a.repeats, threads=threads, cpu_level=a.cpu_level, sgemm=a.sgemm,
         compile=a.compile, memory=a.memory, peak_bandwidth_gbps=a.peak_bandwidth_gbps, out=a.out,
     )
     if a.quiet:

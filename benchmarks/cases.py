@@ -12,7 +12,8 @@ Useful flops are those of the op's math, counted the same for every backend (a m
 GEMM-shaped products of the GRM ops (2 B K C P each; forward 2 of them, backward 5, the layer 14), of graph_conv
 (backward: twice the forward) and cam (every class, as the reference computes it), the sub-abs-add of
 local_affinity per channel and offset, one max per path point of boundary_affinity, and the 2 (1 + 2D) flops
-per class, pixel and step of random_walk (the neighbours and the pixel itself). GFLOP/s is that over the median
+per class, pixel and step of random_walk (the neighbours and the pixel itself), the lattice splat and slice of
+dense_crf (see :func:`_flops_dense_crf`). GFLOP/s is that over the median
 time; on the CPU the rows also give it as a fraction of the machine's own sgemm rate measured in the same run.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grmseg.reference import affinity_offsets, path_offsets
+from grmseg.reference import CRF_REFERENCE_MAX_PIXELS, affinity_offsets, path_offsets
 
 Params = dict[str, Any]
 Inputs = dict[str, Any]
@@ -124,6 +125,27 @@ def _build_random_walk(p: Params, gen: torch.Generator) -> Inputs:
     }
 
 
+def _build_dense_crf(p: Params, gen: torch.Generator) -> Inputs:
+    """A photo-like image and a segmentation net's probabilities: K regions (the cells of random seeds), each with
+    its own colour, a smooth shading and pixel noise; logits that favour each pixel's region, noisy, computed at
+    stride 8 and upsampled (as a network's output is)."""
+    b, k, h, w = p["B"], p["K"], p["H"], p["W"]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    seeds = _rand(gen, b, 2 * k, 2) * torch.tensor([h, w])
+    d2 = (ys[None, None] - seeds[:, :, 0, None, None]) ** 2 + (xs[None, None] - seeds[:, :, 1, None, None]) ** 2
+    cell = d2.argmin(dim=1)  # [B, H, W], 2K cells
+    label = cell % k
+    colour = _rand(gen, b, 2 * k, 3) * 200 + 20
+    img = torch.gather(colour, 1, cell.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(b, h, w, 3).permute(0, 3, 1, 2)
+    shade = 30 * torch.sin(xs / (w / 3) + _rand(gen, b, 1, 1, 1) * 6) * torch.cos(ys / (h / 2))
+    img = (img + shade + _randn(gen, b, 3, h, w, scale=8.0)).clamp(0, 255).round().to(torch.uint8)
+    onehot = torch.nn.functional.one_hot(label, k).permute(0, 3, 1, 2).float()
+    logits = torch.nn.functional.avg_pool2d(3.0 * onehot, 8, ceil_mode=True)
+    logits = logits + _randn(gen, *logits.shape, scale=1.0)
+    logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return {"unary": logits.softmax(dim=1), "image": img, "iterations": p["iterations"]}
+
+
 def _build_grm_layer(p: Params, gen: torch.Generator) -> Inputs:
     return {"x": _randn(gen, p["B"], p["C"], p["H"], p["W"])}
 
@@ -180,6 +202,11 @@ def _bytes_random_walk(t: Inputs, phase: str) -> int:
     return _nbytes(t["cam"], t["aff"]) + _nbytes(t["cam"])
 
 
+def _bytes_dense_crf(t: Inputs, phase: str) -> int:
+    # Once: read the probabilities and the image, write Q. (Every iteration re-reads; this is the floor.)
+    return _nbytes(t["unary"], t["image"]) + _nbytes(t["unary"])
+
+
 def _bytes_grm_layer(t: Inputs, phase: str) -> int:
     x = t["x"]
     params = sum(_nbytes(p) for p in t["module"].parameters())
@@ -230,6 +257,13 @@ def _flops_random_walk(t: Inputs, phase: str) -> float:
     return 2.0 * t["steps"] * bsz * k * h * w * (1 + 2 * t["aff"].shape[1])
 
 
+def _flops_dense_crf(t: Inputs, phase: str) -> float:
+    # Per iteration, pixel and class: the splat and the slice of both permutohedral lattices (bilateral d = 5,
+    # spatial d = 2: 2 (d + 1) flops each); the blur is left out (its vertex count depends on the image).
+    bsz, k, h, w = t["unary"].shape
+    return 2.0 * 2 * (6 + 3) * t["iterations"] * bsz * k * h * w
+
+
 def _flops_grm_layer(t: Inputs, phase: str) -> float:
     x = t["x"]
     return 14 * 2.0 * x.shape[0] * t["module"].num_nodes * x.shape[1] * x.shape[2] * x.shape[3]
@@ -256,6 +290,10 @@ def _label_boundary_affinity(p: Params) -> str:
     return f"B{p['B']} {p['H']}x{p['W']} r{p['r']}"
 
 
+def _label_dense_crf(p: Params) -> str:
+    return f"B{p['B']} K{p['K']} {p['H']}x{p['W']} it{p['iterations']}"
+
+
 def _label_random_walk(p: Params) -> str:
     return f"B{p['B']} K{p['K']} {p['H']}x{p['W']} r{p['r']} beta{p['beta']:g} s{p['steps']}"
 
@@ -275,6 +313,8 @@ class OpDef:
         bytes_moved: ``(inputs on the device, phase) -> bytes``.
         flops: ``(inputs on the device, phase) -> useful flops`` (see the module docstring).
         kernels: the op-layer kernel names behind a phase (for :func:`grmseg.ops.selected`).
+        keywords: the arguments passed by keyword (after ``args``), to ``grmseg.ops`` and the reference alike.
+        keep_dtype: tensor arguments that keep their own dtype (``labels``, an uint8 ``image``), not the case's.
     """
 
     name: str
@@ -285,6 +325,8 @@ class OpDef:
     bytes_moved: Callable[[Inputs, str], int]
     flops: Callable[[Inputs, str], float]
     kernels: Callable[[str], tuple[str, ...]] = field(default=lambda phase: ())
+    keywords: tuple[str, ...] = ()
+    keep_dtype: tuple[str, ...] = ()
 
     @property
     def differentiable(self) -> bool:
@@ -316,13 +358,15 @@ OPS: dict[str, OpDef] = {
         OpDef("graph_conv", ("z", "adj", "weight", "bias", "activation"), ("z", "adj", "weight", "bias"),
               _build_graph_conv, _label_graph_conv, _bytes_graph_conv, _flops_graph_conv, _op_kernels("graph_conv")),
         OpDef("cam", ("feat", "weight", "labels"), (), _build_cam, _label_cam, _bytes_cam, _flops_cam,
-              _op_kernels("cam")),
+              _op_kernels("cam"), keep_dtype=("labels",)),
         OpDef("local_affinity", ("feat", "radius"), (), _build_local_affinity, _label_local_affinity,
               _bytes_local_affinity, _flops_local_affinity, _op_kernels("local_affinity")),
         OpDef("boundary_affinity", ("boundary", "radius"), (), _build_boundary_affinity, _label_boundary_affinity,
               _bytes_boundary_affinity, _flops_boundary_affinity, _op_kernels("boundary_affinity")),
         OpDef("random_walk", ("cam", "aff", "beta", "steps"), (), _build_random_walk, _label_random_walk,
               _bytes_random_walk, _flops_random_walk, _op_kernels("random_walk")),
+        OpDef("dense_crf", ("unary", "image"), (), _build_dense_crf, _label_dense_crf, _bytes_dense_crf,
+              _flops_dense_crf, _op_kernels("dense_crf"), keywords=("iterations",), keep_dtype=("image",)),
         OpDef("grm_layer", ("x",), ("x",), _build_grm_layer, _label_grm, _bytes_grm_layer, _flops_grm_layer,
               _layer_kernels),
     )
@@ -348,6 +392,8 @@ class SizeSet:
 _BOTH = ("bf16", "fp32")
 _FP32 = ("fp32",)
 _WALK = {"r": 5, "beta": 8.0, "steps": 256}
+# issue 14: pydensecrf's usual image sizes (VOC's 500x375 and a 240x320 crop), 21 classes, 10 iterations
+_CRF = [({"B": 1, "K": 21, "H": h, "W": w, "iterations": 10}, ("fp32",)) for h, w in ((240, 320), (375, 500))]
 
 SIZE_SETS: dict[str, SizeSet] = {
     # The issue's targets: GRM at B=8, C=512, 64x64, K=21/81 in bf16 and fp32; GCN layers of the segmentation
@@ -363,6 +409,7 @@ SIZE_SETS: dict[str, SizeSet] = {
             "local_affinity": [({"B": 8, "C": 448, "H": 64, "W": 64, "r": 5}, _BOTH)],
             "boundary_affinity": [({"B": 8, "H": 128, "W": 128, "r": 5}, _FP32)],
             "random_walk": [({"B": 1, "K": 21, "H": s, "W": s, **_WALK}, _FP32) for s in (64, 128)],
+            "dense_crf": _CRF,
             "grm_layer": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": k}, _BOTH) for k in (21, 81)],
         },
         dense_max_pixels=128 * 128,
@@ -382,7 +429,21 @@ SIZE_SETS: dict[str, SizeSet] = {
             "boundary_affinity": [({"B": 2, "H": 64, "W": 64, "r": 5}, _FP32)],
             # issue 5's CPU target is at 64x64 (dense oracle ~10 s a run here); 128x128 has no dense row (1 GiB)
             "random_walk": [({"B": 1, "K": 21, "H": s, "W": s, **_WALK}, _FP32) for s in (32, 64, 128)],
+            "dense_crf": _CRF,
             "grm_layer": [({"B": 2, "C": 256, "H": 64, "W": 64, "K": 21}, _FP32)],
+        },
+        dense_max_pixels=64 * 64,
+    ),
+    # The issue's headline rows only (make gpu-check-quick): the GRM layer forward + backward and the projection /
+    # reprojection forward in bf16 at B=8, C=512, 64x64, K=21, and the 256-step random walk at 128x128, K=21
+    # (no dense reference: its 16384 x 16384 matrix powers alone take longer than the quick check's budget).
+    "headline": SizeSet(
+        "headline",
+        {
+            "grm_layer": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": 21}, ("bf16",))],
+            "grm_project": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": 21}, ("bf16",))],
+            "grm_reproject": [({"B": 8, "C": 512, "H": 64, "W": 64, "K": 21}, ("bf16",))],
+            "random_walk": [({"B": 1, "K": 21, "H": 128, "W": 128, **_WALK}, _FP32)],
         },
         dense_max_pixels=64 * 64,
     ),
@@ -397,6 +458,7 @@ SIZE_SETS: dict[str, SizeSet] = {
             "local_affinity": [({"B": 1, "C": 8, "H": 8, "W": 8, "r": 3}, _FP32)],
             "boundary_affinity": [({"B": 1, "H": 8, "W": 8, "r": 3}, _FP32)],
             "random_walk": [({"B": 1, "K": 3, "H": 8, "W": 8, "r": 3, "beta": 8.0, "steps": 4}, _FP32)],
+            "dense_crf": [({"B": 1, "K": 5, "H": 12, "W": 17, "iterations": 3}, _FP32)],
             "grm_layer": [({"B": 1, "C": 16, "H": 8, "W": 8, "K": 5}, _FP32)],
         },
         dense_max_pixels=64 * 64,
@@ -426,7 +488,7 @@ class Case:
         return DTYPE_NAMES.get(self.dtype, str(self.dtype).replace("torch.", ""))
 
     def inputs(self, device: torch.device, seed: int = 0) -> Inputs:
-        """The op's arguments on ``device`` in the case's dtype (labels stay float32, static args as is).
+        """The op's arguments on ``device`` in the case's dtype (``op.keep_dtype`` ones and static args as they are).
 
         The ``bwd`` phase's ``grad_args`` require grad; ``grm_layer`` also gets its module under ``"module"``.
         """
@@ -436,7 +498,7 @@ class Case:
         out: Inputs = {}
         for name, value in raw.items():
             if isinstance(value, Tensor):
-                dtype = value.dtype if name == "labels" else self.dtype
+                dtype = value.dtype if name in self.op.keep_dtype else self.dtype
                 value = value.to(device=device, dtype=dtype)
                 if needs_grad and name in self.op.grad_args:
                     value.requires_grad_(True)
@@ -454,7 +516,12 @@ class Case:
         return self.op.flops(inputs, self.phase)
 
     def dense_reference_skip(self, device: torch.device) -> str | None:
-        """Why the dense reference random walk is not run at this size (None when it is)."""
+        """Why the dense reference (random walk, CRF) is not run at this size (None when it is)."""
+        if self.op.name == "dense_crf":
+            n = self.params["H"] * self.params["W"]
+            if n > CRF_REFERENCE_MAX_PIXELS:
+                return f"dense reference skipped: N={n} pixels > {CRF_REFERENCE_MAX_PIXELS} (exact [N, N] kernels)"
+            return None
         if self.op.name != "random_walk":
             return None
         n = self.params["H"] * self.params["W"]
@@ -487,13 +554,21 @@ def grm_layer_available() -> tuple[bool, str]:
 
 
 def make_cases(
-    size_set: SizeSet, ops: Iterable[str] | None = None, dtypes: Iterable[str] | None = None
+    size_set: SizeSet,
+    ops: Iterable[str] | None = None,
+    dtypes: Iterable[str] | None = None,
+    phases: Iterable[str] | None = None,
 ) -> list[Case]:
-    """Every case of ``size_set`` for ``ops`` (all when None), in ``dtypes`` (each shape's own when None).
+    """Every case of ``size_set`` for ``ops`` (all when None), in ``dtypes`` (each shape's own when None), in
+    ``phases`` (each op's own when None; an op none of whose phases is asked for is left out).
 
     Raises:
-        ValueError: for an unknown op or dtype name.
+        ValueError: for an unknown op, dtype or phase name.
     """
+    keep_phases = None if phases is None else list(phases)
+    for ph in keep_phases or ():
+        if ph not in PHASES:
+            raise ValueError(f"unknown phase {ph!r}; choose from {list(PHASES)}")
     names = list(OPS) if ops is None else list(ops)
     unknown = [n for n in names if n not in OPS]
     if unknown:
@@ -508,5 +583,7 @@ def make_cases(
         for params, own_dtypes in size_set.shapes.get(name, []):
             for dname in dtype_override or own_dtypes:
                 for phase in op.phases():
+                    if keep_phases is not None and phase not in keep_phases:
+                        continue
                     cases.append(Case(op, phase, dict(params), DTYPES[dname], size_set.dense_max_pixels))
     return cases

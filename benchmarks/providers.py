@@ -21,6 +21,7 @@ from torch import Tensor
 import grmseg
 import grmseg.ops
 import grmseg.reference
+from benchmarks import external
 from benchmarks.cases import Case, Inputs
 
 REFERENCE = "reference"
@@ -33,31 +34,43 @@ class Provider:
     """A row source.
 
     Attributes:
-        name: the row's provider name (``"reference"``, ``"triton"``, ``"csrc"``, ``"reference+compile"``).
-        backend: the op-layer backend it asks for.
+        name: the row's provider name (``"reference"``, ``"triton"``, ``"csrc"``, ``"reference+compile"``, or an
+            external baseline's, e.g. ``"pydensecrf"``).
+        backend: the op-layer backend it asks for ("" for an external baseline).
         compiled: whether it runs the reference math under ``torch.compile``.
+        external: whether it is a library outside grmseg (:mod:`benchmarks.external`): rows for its op only.
     """
 
     name: str
     backend: str
     compiled: bool = False
+    external: bool = False
 
 
 def discover(device: torch.device, compile: bool = True) -> list[Provider]:
-    """Every backend available for ``device`` (reference first), then ``reference+compile`` if ``compile``."""
+    """Every backend available for ``device`` (reference first), the external baselines whose library imports,
+    then ``reference+compile`` if ``compile``."""
     status = grmseg.ops.backends()
     names = [n for n, s in status.items() if s.available.get(device.type, False)]
     names.sort(key=lambda n: n != REFERENCE)
     providers = [Provider(n, n) for n in names]
+    providers += [Provider(n, "", external=True) for n in external.names() if external.available(n)]
     if compile:
         providers.append(Provider(COMPILED, REFERENCE, compiled=True))
     return providers
+
+
+def applies(case: Case, provider: Provider) -> bool:
+    """Whether ``provider`` has a row for ``case`` (an external baseline only for its own op)."""
+    return not provider.external or external.find(case.op.name, provider.name) is not None
 
 
 def ran_backend(case: Case, provider: Provider, device: torch.device) -> str:
     """The backend(s) that actually run ``case`` for ``provider`` (``"a+b"`` when the kernels differ)."""
     if provider.compiled:
         return COMPILED
+    if provider.external:
+        return provider.name
     chosen = {grmseg.ops.selected(k, device, provider.backend) for k in case.op.kernels(case.phase)}
     return "+".join(sorted(chosen)) or provider.backend
 
@@ -94,10 +107,12 @@ class Bench:
     Attributes:
         timed: what the timer repeats (for ``bwd``: the backward alone, on a retained graph).
         memory: one fresh run of the phase for the peak-memory probe (for ``bwd``: forward + backward).
+        note: what the row should say besides its numbers (an external baseline's agreement with grmseg).
     """
 
     timed: Callable[[], Any]
     memory: Callable[[], Any]
+    note: str = ""
 
 
 def _as_tuple(out: Any) -> tuple[Tensor, ...]:
@@ -111,12 +126,20 @@ def _like(t: Tensor, seed: int) -> Tensor:
 
 def _forward(case: Case, provider: Provider, inputs: Inputs) -> Callable[[], Any]:
     args = [inputs[name] for name in case.op.args]
+    kwargs = {name: inputs[name] for name in case.op.keywords}
     if provider.compiled:
         fn = torch.compile(getattr(grmseg.reference, case.op.name), dynamic=False)
-        return lambda: fn(*args)
+        return lambda: fn(*args, **kwargs)
     op = getattr(grmseg.ops, case.op.name)
     backend = provider.backend
-    return lambda: op(*args, backend=backend)
+    return lambda: op(*args, **kwargs, backend=backend)
+
+
+def _external(case: Case, provider: Provider, inputs: Inputs) -> Bench:
+    baseline = external.find(case.op.name, provider.name)
+    run = baseline.make(inputs)
+    ours = _forward(case, Provider("auto", "auto"), inputs)()
+    return Bench(timed=run, memory=run, note=baseline.agreement(inputs, run(), ours))
 
 
 def _layer(case: Case, provider: Provider, inputs: Inputs) -> Bench:
@@ -141,6 +164,8 @@ def build(case: Case, provider: Provider, inputs: Inputs) -> Bench:
     """
     if case.op.name == "grm_layer":
         return _layer(case, provider, inputs)
+    if provider.external:
+        return _external(case, provider, inputs)
     forward = _forward(case, provider, inputs)
     if case.phase == "fwd":
         return Bench(timed=forward, memory=forward)

@@ -48,6 +48,7 @@ class Row:
     speedup: float | None = None
     gflops: float | None = None
     of_sgemm: float | None = None
+    speedup_vs: str = REFERENCE
     first_call_ms: float | None = None
     note: str = ""
 
@@ -77,11 +78,17 @@ class Report:
                 "rows": [asdict(r) for r in self.rows], "notes": self.notes}
 
 
-def add_speedups(rows: Sequence[Row]) -> None:
-    """Set ``speedup`` = reference-eager median / row median, for rows whose reference row has a time."""
-    ref = {r.key(): r.median_ms for r in rows if r.provider == REFERENCE and r.ran == REFERENCE and r.ok}
+def add_speedups(rows: Sequence[Row], baselines: Sequence[str] = ()) -> None:
+    """Set ``speedup`` = base median / row median: the base is the reference-eager row, or, where that has no time
+    (the exact reference cannot take the size), the first external baseline of ``baselines`` that has one
+    (``speedup_vs`` then names it)."""
+    timed = {(r.key(), r.provider): r.median_ms for r in rows if r.ok and (r.provider != REFERENCE or r.ran == REFERENCE)}
     for r in rows:
-        base = ref.get(r.key())
+        base, r.speedup_vs = timed.get((r.key(), REFERENCE)), REFERENCE
+        for name in baselines if base is None else ():
+            if timed.get((r.key(), name)):
+                base, r.speedup_vs = timed[(r.key(), name)], name
+                break
         r.speedup = base / r.median_ms if base and r.ok and r.median_ms else None
 
 
@@ -107,7 +114,7 @@ def _cells(r: Row) -> list[str]:
         "" if r.gflops is None else f"{r.gflops:.1f}" if r.gflops >= 10 else f"{r.gflops:.3g}",
         "" if r.of_sgemm is None else f"{r.of_sgemm:.2f}",
         "" if r.peak_mb is None else f"{r.peak_mb:.1f}" if r.peak_mb >= 1 else f"{r.peak_mb:.3f}",
-        "" if r.speedup is None else f"{r.speedup:.2f}x",
+        "" if r.speedup is None else f"{r.speedup:.2f}x" + ("" if r.speedup_vs == REFERENCE else f" ({r.speedup_vs})"),
     ]
 
 
@@ -130,7 +137,8 @@ _LEGEND = (
     " of sgemm: that over the machine's fp32 sgemm rate (1024^3, torch.mm) at the row's thread count, measured"
     " in the same run. Peak MB: the most memory held above the starting point during one run (`bwd` rows: a"
     " whole forward + backward). vs ref: speed-up over the `reference` backend in eager mode at the same thread"
-    " count. `a->b`: backend a lacks the kernel, b ran."
+    " count, or over the external baseline named beside it where the exact reference cannot run (`dense_crf`"
+    " against pydensecrf). `a->b`: backend a lacks the kernel, b ran."
 )
 
 

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from benchmarks import external, timing
 from benchmarks import providers as prov
 from benchmarks import report as rep
-from benchmarks import timing
 from benchmarks.cases import OPS, SIZE_SETS, Case, Inputs, grm_layer_available, make_cases
 from benchmarks.machine import machine_info, peak_bandwidth
 
@@ -34,6 +34,7 @@ class BenchConfig:
         quick: tiny sizes and few repeats (the test suite's run).
         ops: op names to run (None: all of ``benchmarks.cases.OPS``).
         dtypes: dtype names that replace each shape's own (None: the size set's).
+        phases: phases to run (None: every op's own; e.g. ``["fwd", "fwd+bwd"]``).
         providers: provider names to keep (None: every backend available here, plus ``reference+compile``).
         repeats: timed runs per row (None: 100 on CUDA, 20 on the CPU, 3 with ``quick``).
         threads: CPU thread counts: every case runs at each (``torch.set_num_threads``); None: left as it is.
@@ -52,6 +53,7 @@ class BenchConfig:
     quick: bool = False
     ops: list[str] | None = None
     dtypes: list[str] | None = None
+    phases: list[str] | None = None
     providers: list[str] | None = None
     repeats: int | None = None
     threads: list[int] | None = None
@@ -104,6 +106,7 @@ def _measure(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row.first_call_ms = (time.perf_counter() - t0) * 1e3
+    row.note = bench.note
     repeats = config.repeats or (3 if config.quick else None)
     t = timing.time_fn(bench.timed, device, repeats)
     row.median_ms, row.p20_ms, row.p80_ms, row.min_ms, row.max_ms, row.runs = (
@@ -117,7 +120,7 @@ def _measure(
         try:
             row.peak_mb = timing.peak_memory_bytes(bench.memory, device) / 2**20
         except Exception as exc:  # noqa: BLE001 - the time stands without the memory figure
-            row.note = f"peak memory failed: {_first_line(exc)}"
+            row.note = "; ".join(filter(None, [row.note, f"peak memory failed: {_first_line(exc)}"]))
 
 
 def _one_row(
@@ -184,7 +187,7 @@ def run(config: BenchConfig) -> rep.Report:
         if not ok:
             ops.remove("grm_layer")
             report.notes.append(why)
-    cases = make_cases(SIZE_SETS[size_name], ops, config.dtypes)
+    cases = make_cases(SIZE_SETS[size_name], ops, config.dtypes, config.phases)
     providers = prov.discover(device, compile=config.compile)
     if config.providers:
         names = [p.name for p in providers]
@@ -211,6 +214,9 @@ def run(config: BenchConfig) -> rep.Report:
             _set_threads(threads)
             at = "" if threads is None else f" {threads}t"
             for provider in providers:
+                if not prov.applies(case, provider):
+                    done += 1
+                    continue
                 row = _one_row(case, provider, inputs, device, config, peak_bw, memory_ok, threads)
                 if row.gflops is not None and sgemm.get(threads):
                     row.of_sgemm = row.gflops / sgemm[threads]
@@ -223,7 +229,7 @@ def run(config: BenchConfig) -> rep.Report:
         del inputs
         _release(device, collect=True)
 
-    rep.add_speedups(report.rows)
+    rep.add_speedups(report.rows, external.names())
     report.wall_s = time.perf_counter() - started
     if config.out:
         paths = rep.write(report, config.out)

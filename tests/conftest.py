@@ -32,3 +32,27 @@ def cpu_level(request):
         yield request.param
     finally:
         _ext.set_cpu_capability(previous)
+
+
+class Killed(Exception):
+    """Raised by :func:`killed_after_first_checkpoint` in place of a kill -9."""
+
+
+def killed_after_first_checkpoint(monkeypatch, argv):
+    """Run the CLI ``argv`` and 'kill' it right after it writes its first epoch checkpoint."""
+    import pytest
+
+    from grmseg.cli import main
+    from grmseg.pipeline import runtime as rt
+
+    real_save = rt.save_atomic
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if str(path).endswith("checkpoint.pt"):
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(rt, "save_atomic", save_then_die)
+        with pytest.raises(Killed):
+            main(argv)

@@ -154,3 +154,42 @@ def test_cli_rejects_unknown_names():
                       "--providers", "reference,triton", "--threads", "1,2", "--cpu-level", "avx2"])
     assert cfg.ops == ["cam", "random_walk"] and cfg.dtypes == ["bf16"] and cfg.repeats == 5 and not cfg.compile
     assert cfg.providers == ["reference", "triton"] and cfg.threads == [1, 2] and cfg.cpu_level == "avx2"
+
+
+def test_external_baseline_rows_for_their_op_only():
+    from benchmarks import external
+
+    assert "pydensecrf" in external.names()
+    found = providers.discover(CPU, compile=True)
+    names = [p.name for p in found]
+    assert names[-1] == providers.COMPILED
+    crf = next(c for c in make_cases(SIZE_SETS["quick"], ["dense_crf"]))
+    cam = next(c for c in make_cases(SIZE_SETS["quick"], ["cam"]))
+    ext = providers.Provider("pydensecrf", "", external=True)
+    assert providers.applies(crf, ext) and not providers.applies(cam, ext)
+    assert providers.applies(cam, providers.Provider("csrc", "csrc"))
+    assert providers.ran_backend(crf, ext, CPU) == "pydensecrf"
+    if external.available("pydensecrf"):
+        assert "pydensecrf" in names
+        bench = providers.build(crf, ext, crf.inputs(CPU))
+        out = bench.timed()
+        assert out.shape == crf.inputs(CPU)["unary"].shape
+        assert "labels agree with grmseg on 100.000% of pixels" in bench.note
+    else:
+        assert "pydensecrf" not in names
+
+
+def test_speedup_falls_back_to_the_external_baseline():
+    def row(provider: str, ms: float | None, ran: str | None = None) -> report.Row:
+        r = report.Row("dense_crf", "fwd", provider, ran or provider, provider, "s", "fp32", "cpu", {}, 1)
+        r.median_ms = ms
+        return r
+
+    rows = [row("reference", None), row("csrc", 1.0), row("pydensecrf", 3.0)]
+    report.add_speedups(rows, ["pydensecrf"])
+    assert [r.speedup for r in rows] == [None, 3.0, 1.0]
+    assert rows[1].speedup_vs == "pydensecrf"
+    assert "3.00x (pydensecrf)" in report.format_table(rows)
+    rows = [row("reference", 2.0), row("csrc", 1.0), row("pydensecrf", 3.0)]
+    report.add_speedups(rows, ["pydensecrf"])
+    assert rows[1].speedup == 2.0 and rows[1].speedup_vs == "reference"

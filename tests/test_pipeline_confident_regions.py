@@ -71,5 +71,5 @@ def test_written_regions_remember_their_settings(tmp_path):
     s = ds[1]
     keys, high = _blurred_cams(s)
     assert np.array_equal(load_mask(out / f"{s['id']}.png", 7), confident_labels(keys, high, 0.3, 0.05))
-    with pytest.raises(ValueError, match="delete the folder"):
+    with pytest.raises(ValueError, match="made with other settings .conf_fg: 0.3 -> 0.5"):
         write_confident_regions(cfg.replace(conf_fg=0.5), ds, cams, out)

@@ -109,3 +109,28 @@ def test_multilabel_focal_loss():
                                F.binary_cross_entropy_with_logits(logits, targets))
     with pytest.raises(ValueError, match="shape"):
         multilabel_focal_loss(logits, targets[:1])
+
+
+def test_classifier_loss_averages_over_the_classes_the_data_has():
+    import numpy as np
+
+    from grmseg.pipeline.config import PipelineConfig
+    from grmseg.pipeline.stages.train_cls import classifier_loss
+
+    torch.manual_seed(0)
+    logits, gcn = torch.randn(4, 20), torch.randn(4, 20)
+    y = torch.zeros(4, 20)
+    y[:, [1, 6, 14]] = (torch.rand(4, 3) > 0.5).float()
+    seen = np.zeros(20, bool)
+    seen[[1, 6, 14]] = True
+    cfg = PipelineConfig(gcn_loss="soft_margin", gcn_loss_weight=0.5)
+    out = {"logits": logits, "gcn_logits": gcn}
+    got = classifier_loss(cfg, seen)(out, y)
+    cols = [1, 6, 14]
+    expected = (F.multilabel_soft_margin_loss(logits[:, cols], y[:, cols])
+                + 0.5 * F.multilabel_soft_margin_loss(gcn[:, cols], y[:, cols]))
+    torch.testing.assert_close(got, expected)
+    # every class seen (VOC, COCO): the usual loss over all of them
+    full = classifier_loss(cfg, np.ones(20, bool))(out, y)
+    torch.testing.assert_close(full, F.multilabel_soft_margin_loss(logits, y) + 0.5 *
+                               F.multilabel_soft_margin_loss(gcn, y))

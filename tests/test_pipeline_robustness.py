@@ -140,3 +140,30 @@ def test_missing_ground_truth_is_reported(tmp_path, capsys):
     seg = res["segmentation (GRM)"]
     assert seg["images"] == 2 and seg["unscored_images"] == 1 and res["CAM"]["unscored_images"] == 0
     assert np.isfinite(seg["miou"])
+
+
+def test_other_settings_are_refused_unless_forced(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train-cls", "--run-dir", str(run), "--cls-epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "made with other settings (cls_epochs: 1 -> 3)" in err and "--force" in err
+    assert main(["refine", "--run-dir", str(run), "--rw-steps", "5", "--bg-threshold", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "pseudo" in err and "rw_steps: 8 -> 5" in err and "bg_threshold: 0.2 -> 0.3" in err
+    assert main(["refine", "--run-dir", str(run), "--rw-steps", "5", "--force"]) == 0
+    assert "--force continues" in capsys.readouterr().out
+    # a settings change that does not concern the stage is no reason to refuse it
+    assert main(["train-cls", "--run-dir", str(run), "--rw-steps", "5"]) == 0
+
+
+def test_a_checkpoint_is_resumed_only_with_its_settings(tiny_run, tmp_path, monkeypatch, capsys):
+    from conftest import killed_after_first_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "config.json", run / "config.json")
+    killed_after_first_checkpoint(monkeypatch, ["train-cls", "--run-dir", str(run), "--cls-epochs", "2"])
+    assert main(["train-cls", "--run-dir", str(run), "--cls-epochs", "2", "--cls-lr", "0.5"]) == 2
+    assert "checkpoint.pt' was made with other settings (cls_lr: 0.05 -> 0.5)" in capsys.readouterr().err
+    assert main(["train-cls", "--run-dir", str(run), "--cls-epochs", "2"]) == 0, capsys.readouterr().err

@@ -89,17 +89,13 @@ def test_stages_skip_done_work_and_eval_again(demo_run, capsys):
     assert "| CAM (train) |" in capsys.readouterr().out
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stage", ["train-cls", "train-seg"])
 def test_training_killed_at_a_checkpoint_resumes_to_the_same_weights(stage, demo_run, tmp_path, monkeypatch):
     """Kill a training stage right after its first epoch checkpoint; the resumed run ends with the very weights
     of an uninterrupted one (same data order, augmentation draws, dropout and SGD state)."""
     import shutil
 
-    from grmseg.pipeline import runtime as rt
+    from conftest import killed_after_first_checkpoint
 
     src, _ = demo_run
     sub = "cls" if stage == "train-cls" else "seg"
@@ -114,17 +110,7 @@ def test_training_killed_at_a_checkpoint_resumes_to_the_same_weights(stage, demo
         runs[name] = run
     flags = ["--cls-epochs", "2", "--seg-epochs", "2", "--cls-batch", "8", "--seg-batch", "8"]
     assert main([stage, "--run-dir", str(runs["straight"]), *flags]) == 0
-    real_save = rt.save_atomic
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if str(path).endswith("checkpoint.pt"):
-            raise _Killed
-
-    monkeypatch.setattr(rt, "save_atomic", save_then_die)
-    with pytest.raises(_Killed):
-        main([stage, "--run-dir", str(runs["killed"]), *flags])
-    monkeypatch.setattr(rt, "save_atomic", real_save)
+    killed_after_first_checkpoint(monkeypatch, [stage, "--run-dir", str(runs["killed"]), *flags])
     assert not (runs["killed"] / sub / "model.pt").is_file()
     assert main([stage, "--run-dir", str(runs["killed"]), *flags]) == 0
     assert "resuming from epoch 1" in (runs["killed"] / "log.txt").read_text()

@@ -23,9 +23,9 @@
 //
 // Data: Q pixel-major [N][Kp] and the lattice values [M + 1][Kp], Kp = K rounded up to 8 (zero padding; row 0 is
 // the zero row that missing neighbours read). n is folded into the weights (splat: n_i bary, slice: w alpha n_i
-// bary), so one Q buffer feeds both kernels. Per iteration and kernel: a splat pass (software-prefetched gathers)
-// and d + 1 blur passes; then one pixel pass slices both kernels, exponentiates (a vectorised exp), normalises and
-// writes Q. The hot loops use 8-lane vectors and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at
+// bary), so one Q buffer feeds both kernels. Per iteration: a splat pass (software-prefetched gathers, tasks of
+// equal entry counts) and one pass per blur axis, both lattices in the same parallel regions; then one pixel pass
+// slices both kernels, exponentiates (a vectorised exp), normalises and writes Q. The hot loops use 8-lane vectors and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at
 // load time). Everything is fp32 (as pydensecrf) for every input dtype; Q is returned in the dtype of unary.
 
 #include <ATen/ATen.h>
@@ -40,6 +40,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -123,12 +124,15 @@ struct Table {
     });
   }
 
+  // Insert entry e with key k; returns its slot, or -1 once the table is half full (nothing claimed then: each
+  // thread checks before it claims, so at most one claim per thread lands past half and probing always ends).
   int64_t insert(int32_t e, const Key& k) {
     int64_t h = static_cast<int64_t>(key_hash(k) & static_cast<uint64_t>(mask));
     while (true) {
       Slot& s = slots[h];
       int32_t cur = __atomic_load_n(&s.owner, __ATOMIC_RELAXED);
       if (cur < 0) {
+        if (full.load(std::memory_order_relaxed)) return -1;
         if (__atomic_compare_exchange_n(&s.owner, &cur, e, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
           s.key = k;
           __atomic_store_n(&s.state, 1, __ATOMIC_RELEASE);
@@ -136,7 +140,8 @@ struct Table {
           return h;
         }
       }
-      while (__atomic_load_n(&s.state, __ATOMIC_ACQUIRE) == 0) {
+      for (int spin = 1; __atomic_load_n(&s.state, __ATOMIC_ACQUIRE) == 0; ++spin) {
+        if (spin % 64 == 0) std::this_thread::yield();  // the claiming thread may have been descheduled
       }
       if (s.key == k) {
         while (e < cur && !__atomic_compare_exchange_n(&s.owner, &cur, e, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -170,6 +175,7 @@ struct Lattice {
   Buf<int64_t> seg;      // [M + 1]: CSR of the entries of each lattice point, in entry order
   Buf<int32_t> seg_pix;  // [N (d+1)]: pixel of each CSR entry
   Buf<float> seg_w;      // [N (d+1)]: barycentric weight; splat weight n_i bary after finish()
+  std::vector<int64_t> parts;  // splat tasks: point ranges [parts[t], parts[t + 1]) of about equal entry counts
 };
 
 // Exclusive prefix sum of counts[0, n) into out[0, n] in fixed chunks (the same for any thread count).
@@ -209,8 +215,12 @@ bool lattice_entries(Lattice& L, const float* feat, Table& table, int64_t begin,
   const float down = 1.0f / static_cast<float>(d1), up = static_cast<float>(d1);
   float elevated[d1], rem0[d1], bar[D + 2];
   int rank[d1];
+  // The last key and slot of each remainder: neighbouring pixels mostly share their simplex, and a key this thread
+  // inserted before (with a smaller entry id) needs no table access (its slot's owner is already smaller).
+  Key last_key[d1];
+  int64_t last_slot[d1];
+  for (int r = 0; r <= D; ++r) last_slot[r] = -1;
   for (int64_t i = begin; i < end; ++i) {
-    if ((i & 255) == 0 && table.full.load(std::memory_order_relaxed)) return false;
     const float* f = feat + i * D;
     float sm = 0.f;
     for (int j = D; j > 0; --j) {
@@ -260,7 +270,13 @@ bool lattice_entries(Lattice& L, const float* feat, Table& table, int64_t begin,
         key_set(k, c, static_cast<int32_t>(kv));
       }
       const int64_t e = i * d1 + r;
-      L.offset[e] = static_cast<int32_t>(table.insert(static_cast<int32_t>(e), k));
+      if (last_slot[r] < 0 || !(last_key[r] == k)) {
+        last_slot[r] = table.insert(static_cast<int32_t>(e), k);
+        last_key[r] = k;
+        if (last_slot[r] < 0) return false;
+      }
+      const int64_t slot = last_slot[r];
+      L.offset[e] = static_cast<int32_t>(slot);
       L.bary[e] = bar[r];
     }
   }
@@ -307,7 +323,7 @@ Lattice build_lattice(const float* feat, int64_t N, int d, const char* who) {
     TORCH_CHECK(!overflow.load(), who,
                 ": lattice coordinates overflow int16: the features (positions / sxy, colours / srgb) span too "
                 "wide a range; use larger gaussian_sxy / bilateral_sxy / bilateral_srgb");
-    if (ok.load() && !table->full.load()) break;
+    if (ok.load()) break;  // every entry is in (the table may be a little past half full: fine)
     cap *= 4;
   }
 
@@ -361,7 +377,7 @@ Lattice build_lattice(const float* feat, int64_t N, int d, const char* who) {
 
   // 4. entries -> value rows, and the splat CSR: C fixed pixel chunks (a function of the sizes only) count
   //    their entries per point; a point's entries are then laid out chunk by chunk, each chunk in entry order.
-  const int64_t C = std::max<int64_t>(1, std::min<int64_t>(64, E / (2 * (M + 1))));
+  const int64_t C = std::max<int64_t>(1, std::min<int64_t>({64, E / (M + 1), E / (1 << 13)}));
   Buf<int32_t> cnt = make_buf<int32_t>(C * M);
   std::fill(cnt.get(), cnt.get() + C * M, 0);
   at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) {
@@ -410,6 +426,13 @@ Lattice build_lattice(const float* feat, int64_t N, int d, const char* who) {
       }
     }
   });
+  // splat tasks of about kSplatTask entries each (a point's entries vary from 1 to thousands)
+  constexpr int64_t kSplatTask = 1 << 14;
+  L.parts.push_back(0);
+  for (int64_t m = 0; m < M; ++m) {
+    if (L.seg[m + 1] - L.seg[L.parts.back()] >= kSplatTask) L.parts.push_back(m + 1);
+  }
+  if (L.parts.back() != M) L.parts.push_back(M);
   return L;
 }
 
@@ -487,14 +510,46 @@ GRMSEG_CRF_CLONES void blur_rows(const Lattice& L, int j, const float* src, floa
   }
 }
 
-// splat + blur of in [N][Kp]: returns the buffer (a or b, each [M + 1][Kp] with a zero row 0) holding the result.
-float* splat_blur(const Lattice& L, const float* in, float* a, float* b, int64_t Kp) {
-  at::parallel_for(0, L.M, 64, [&](int64_t s, int64_t e) { splat_rows(L, in, a, Kp, s, e); });
-  for (int j = 0; j <= L.d; ++j) {
-    at::parallel_for(0, L.M, 128, [&](int64_t s, int64_t e) { blur_rows(L, j, a, b, Kp, s, e); });
-    std::swap(a, b);
+// One lattice's filter: its two value buffers ([M + 1][Kp], zero row 0); `a` holds the result after filter().
+struct Filter {
+  const Lattice* L = nullptr;
+  float* a = nullptr;
+  float* b = nullptr;
+};
+
+// Splat + blur of in [N][Kp] through every lattice of fs. The lattices share the parallel regions (one for the
+// splats, one per blur axis), so a thread that is late to a region (a busy machine) delays fewer of them.
+void filter(std::vector<Filter>& fs, const float* in, int64_t Kp) {
+  std::vector<int64_t> first_task{0}, first_point{0};
+  int max_d = 0;
+  for (const Filter& f : fs) {
+    first_task.push_back(first_task.back() + static_cast<int64_t>(f.L->parts.size()) - 1);
+    first_point.push_back(first_point.back() + f.L->M);
+    max_d = std::max(max_d, f.L->d);
   }
-  return a;
+  const int64_t n = static_cast<int64_t>(fs.size());
+  // tasks [b, e) or points [b, e) of the concatenation -> per lattice ranges
+  auto each = [&](const std::vector<int64_t>& first, int64_t b, int64_t e, auto&& fn) {
+    for (int64_t l = 0; l < n; ++l) {
+      const int64_t lo = std::max(b, first[l]), hi = std::min(e, first[l + 1]);
+      if (lo < hi) fn(fs[l], lo - first[l], hi - first[l]);
+    }
+  };
+  at::parallel_for(0, first_task.back(), 1, [&](int64_t b, int64_t e) {
+    each(first_task, b, e, [&](Filter& f, int64_t s, int64_t t) {
+      splat_rows(*f.L, in, f.a, Kp, f.L->parts[s], f.L->parts[t]);
+    });
+  });
+  for (int j = 0; j <= max_d; ++j) {
+    std::vector<int64_t> first{0};  // the lattices with an axis j this pass
+    for (const Filter& f : fs) first.push_back(first.back() + (j <= f.L->d ? f.L->M : 0));
+    at::parallel_for(0, first.back(), 2048, [&](int64_t b, int64_t e) {
+      each(first, b, e, [&](Filter& f, int64_t s, int64_t t) { blur_rows(*f.L, j, f.a, f.b, Kp, s, t); });
+    });
+    for (Filter& f : fs) {
+      if (j <= f.L->d) std::swap(f.a, f.b);
+    }
+  }
 }
 
 // The symmetric normalisation n = (alpha filter(1) + 1e-20)^-1/2, folded into the weights: the splat reads Q
@@ -752,10 +807,14 @@ at::Tensor dense_crf_forward_cpu(const at::Tensor& unary, const at::Tensor& imag
     });
     TORCH_CHECK_VALUE(ok.load(), who, ": unary must hold probabilities: finite values in [0, 1]");
     for (int64_t it = 0; it < iterations; ++it) {
-      s.vg = use_g ? splat_blur(lg, q.get(), vg0.get(), vg1.get(), Kp) : nullptr;
-      s.vb = use_b ? splat_blur(lb, q.get(), vb0.get(), vb1.get(), Kp) : nullptr;
+      std::vector<Filter> fs;
+      if (use_g) fs.push_back({&lg, vg0.get(), vg1.get()});
+      if (use_b) fs.push_back({&lb, vb0.get(), vb1.get()});
+      filter(fs, q.get(), Kp);
+      s.vg = use_g ? fs.front().a : nullptr;
+      s.vb = use_b ? fs.back().a : nullptr;
       s.out = it + 1 == iterations ? ob : nullptr;
-      at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, N, 1024, [&](int64_t b, int64_t e) {
         std::vector<float> m(static_cast<size_t>(2 * Kp));
         update_rows(s, b, e, m.data());
       });

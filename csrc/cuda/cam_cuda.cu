@@ -4,9 +4,10 @@
 //   cam[b, k] = relu(weight feat[b])[k] / (spatial max + 1e-5), zero for the classes absent from labels.
 //
 // Kernel 1 (cam_project_kernel): one block per (batch, pixel tile, class group). Channel chunks of feat and
-// weight are staged in shared memory; each thread owns (class, pixel) scores in shared memory, then the block
-// applies the ReLU, writes the scores (accumulation type) and its per-class tile maximum to its own slot of a
-// [B, tiles, K] buffer (no atomics).
+// weight are staged in shared memory (feat's loads coalesced along its smaller stride: pixels for NCHW,
+// channels for channels-last; rows padded to an odd length, so column walks are free of bank conflicts); each
+// thread owns (class, pixel) scores in shared memory, then the block applies the ReLU, writes the scores
+// (accumulation type) and its per-class tile maximum to its own slot of a [B, tiles, K] buffer (no atomics).
 // Kernel 2 (cam_scale_kernel): one thread per (batch, class) reduces the tile maxima in a fixed order and writes
 // max + 1e-5, or 0 for an absent class.
 // Kernel 3 (cam_normalise_kernel): elementwise division and cast to the input dtype. Deterministic.
@@ -44,8 +45,9 @@ __global__ void __launch_bounds__(kThreads)
                        const acc_t* __restrict__ w, acc_t* __restrict__ raw, acc_t* __restrict__ pmax, int64_t C,
                        int64_t W, int64_t P, int K, int64_t ntiles, int nkg) {
   constexpr int T = tile_pixels<acc_t>();
-  __shared__ acc_t s[kKG * T];
-  __shared__ acc_t xs[kCC * T];
+  constexpr int LD = T + 1;  // padded row stride of s and xs
+  __shared__ acc_t s[kKG * LD];
+  __shared__ acc_t xs[kCC * LD];
   __shared__ acc_t ws[kKG * kCC];
   __shared__ int64_t poff[T];
 
@@ -63,14 +65,16 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t pp = p0 + (p < np ? p : 0);
     poff[p] = (pp / W) * sh + (pp % W) * sw;
   }
-  for (int i = threadIdx.x; i < kKG * T; i += blockDim.x) s[i] = acc_t(0);
+  for (int i = threadIdx.x; i < kKG * LD; i += blockDim.x) s[i] = acc_t(0);
+  const bool pixels_fastest = (sw < 0 ? -sw : sw) <= (sc < 0 ? -sc : sc);
 
   for (int64_t c0 = 0; c0 < C; c0 += kCC) {
     const int nc = static_cast<int>(C - c0 < kCC ? C - c0 : kCC);
     __syncthreads();  // xs, ws free; poff and s initialised
     for (int i = threadIdx.x; i < kCC * T; i += blockDim.x) {
-      const int cc = i / T, p = i % T;
-      xs[i] = (cc < nc && p < np) ? static_cast<acc_t>(fb[(c0 + cc) * sc + poff[p]]) : acc_t(0);
+      const int cc = pixels_fastest ? i / T : i % kCC;
+      const int p = pixels_fastest ? i % T : i / kCC;
+      xs[cc * LD + p] = (cc < nc && p < np) ? static_cast<acc_t>(fb[(c0 + cc) * sc + poff[p]]) : acc_t(0);
     }
     for (int i = threadIdx.x; i < kKG * kCC; i += blockDim.x) {
       const int k = i / kCC, cc = i % kCC;
@@ -79,23 +83,23 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     for (int i = threadIdx.x; i < nk * T; i += blockDim.x) {
       const int k = i / T, p = i % T;
-      acc_t acc = s[i];
+      acc_t acc = s[k * LD + p];
 #pragma unroll 8
-      for (int cc = 0; cc < kCC; ++cc) acc += ws[k * kCC + cc] * xs[cc * T + p];
-      s[i] = acc;
+      for (int cc = 0; cc < kCC; ++cc) acc += ws[k * kCC + cc] * xs[cc * LD + p];
+      s[k * LD + p] = acc;
     }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < nk * T; i += blockDim.x) {
     const int k = i / T, p = i % T;
-    const acc_t v = (p < np && s[i] > acc_t(0)) ? s[i] : acc_t(0);
-    s[i] = v;
+    const acc_t v = (p < np && s[k * LD + p] > acc_t(0)) ? s[k * LD + p] : acc_t(0);
+    s[k * LD + p] = v;
     if (p < np) raw[(bi * K + k0 + k) * P + p0 + p] = v;
   }
   __syncthreads();
-  for (int k = threadIdx.x; k < nk; k += blockDim.x) {
+  for (int k = threadIdx.x; k < nk; k += blockDim.x) {  // one owner per class; LD is odd: no bank conflicts
     acc_t m = acc_t(0);
-    for (int p = 0; p < np; ++p) m = s[k * T + p] > m ? s[k * T + p] : m;
+    for (int p = 0; p < np; ++p) m = s[k * LD + p] > m ? s[k * LD + p] : m;
     pmax[(bi * ntiles + pt) * K + k0 + k] = m;
   }
 }

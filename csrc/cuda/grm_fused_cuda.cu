@@ -8,7 +8,9 @@
 //   3. accumulates the [K, C] reductions over pixels into this block's partial in global memory (one owner
 //      thread per (k, c): no atomics) and writes the [C, tile] pixel outputs coalesced along P.
 // A second kernel sums the partials of the chunks in a fixed order and casts them to the input dtype, so every
-// result is deterministic. The chunking depends on the shapes only.
+// result is deterministic. The chunking depends on the shapes only (grm_plan.cuh). Shared rows are padded to
+// tile + 1, the softmax takes a warp per pixel, and x is staged with loads coalesced along its smaller stride
+// (pixels for NCHW, channels for channels-last): grm_fused_kernels.cuh.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,63 +22,19 @@
 #include <algorithm>
 #include <limits>
 
+#include "cuda/grm_fused_kernels.cuh"
+#include "cuda/grm_plan.cuh"
 #include "cuda/grm_project_cuda.h"
 #include "grm_project.h"
 #include "grm_reproject.h"
-#include "cuda/grm_fused_kernels.cuh"
 
 namespace grmseg {
 namespace {
 
 using namespace grmseg_kernels;  // kThreads, kChanChunk and the kernels
-constexpr int kMaxTile = 64;                            // pixels per tile (fewer when K is large)
-constexpr size_t kSmemBudget = 48 * 1024;               // default dynamic shared memory limit
-constexpr int64_t kTargetBlocks = 256;                  // about two blocks per SM on the largest GPUs
-constexpr int64_t kMinTilesPerChunk = 4;                // a block reads >= 4 tiles per [K, C] partial it writes
-constexpr int64_t kMaxPartialElems = int64_t(1) << 24;  // cap of the partial buffers (elements)
-
-// Shared memory of a kernel with `kt` [K][tile] buffers and `stages` [kChanChunk][tile + 1] stages.
-template <typename acc_t>
-size_t smem_bytes(int64_t K, int tile, int kt, int stages) {
-  return (static_cast<size_t>(kt) * K * tile + static_cast<size_t>(stages) * kChanChunk * (tile + 1) +
-          static_cast<size_t>(K)) *
-         sizeof(acc_t);
-}
-
-struct Launch {
-  int tile;
-  size_t smem;
-  int64_t chunks, chunk_px;
-};
-
-template <typename acc_t>
-Launch plan(int64_t B, int64_t K, int64_t C, int64_t P, int kt, int stages, const char* who) {
-  Launch l;
-  l.tile = kMaxTile;
-  while (l.tile > 1 && smem_bytes<acc_t>(K, l.tile, kt, stages) > kSmemBudget) l.tile /= 2;
-  l.smem = smem_bytes<acc_t>(K, l.tile, kt, stages);
-  TORCH_CHECK(l.smem <= kSmemBudget, who, ": K = ", K, " nodes do not fit in shared memory");
-  const int64_t tiles = (P + l.tile - 1) / l.tile;
-  int64_t chunks = (kTargetBlocks + B - 1) / B;
-  chunks = std::min(chunks, std::max<int64_t>(1, kMaxPartialElems / std::max<int64_t>(1, B * K * C)));
-  chunks = std::max<int64_t>(1, std::min(chunks, tiles / kMinTilesPerChunk));
-  const int64_t per = tiles == 0 ? 1 : (tiles + chunks - 1) / chunks;
-  l.chunks = tiles == 0 ? 1 : (tiles + per - 1) / per;
-  l.chunk_px = per * l.tile;
-  TORCH_CHECK(B * l.chunks <= std::numeric_limits<int32_t>::max(), who, ": batch ", B, " is too large");
-  return l;
-}
-
-template <typename scalar_t, typename acc_t>
-void reduce_chunks(const at::Tensor& src, at::Tensor& dst, int64_t groups, int64_t n, int64_t chunks,
-                   cudaStream_t stream) {
-  const int64_t total = groups * n;
-  if (total == 0) return;
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65536);
-  reduce_chunks_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-      src.const_data_ptr<acc_t>(), dst.mutable_data_ptr<scalar_t>(), groups, n, chunks);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+using grm_plan::Launch;
+using grm_plan::plan;
+using grm_plan::reduce_chunks;
 
 }  // namespace
 

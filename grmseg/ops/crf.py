@@ -37,8 +37,10 @@ def dense_crf(
     (Potts compatibility, symmetric kernel normalisation, the Gaussian kernel's messages added before the
     bilateral one's). The exact model is :func:`grmseg.reference.dense_crf`; the ``csrc`` (CPU) and ``triton``
     (CUDA) backends filter the messages through a permutohedral lattice, as pydensecrf does, with the same
-    lattice (their marginals match pydensecrf's to float rounding), deterministically (the same bits for any
-    thread count). A kernel whose weight is 0 is left out. Everything is computed in float32.
+    lattice (their marginals match pydensecrf's to float rounding; that includes a quirk of its SIMD build: when
+    ``H W`` is not a multiple of 4 its lattice also holds the vertices of the zero feature vector), and
+    deterministically (csrc: the same bits for any thread count). A kernel whose weight is 0 is left out.
+    Everything is computed in float32.
 
     Args:
         unary: ``[B, K, H, W]`` class probabilities (finite, in ``[0, 1]``; they need not sum to 1), any float

@@ -11,6 +11,7 @@ CAM file (``<run>/cams/<id>.npz``, written by ``make-cam``)::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from grmseg import knowledge
 from grmseg.pipeline import runtime as rt
-from grmseg.pipeline.config import PipelineConfig
+from grmseg.pipeline.config import STAGE_SETTINGS, PipelineConfig
 from grmseg.pipeline.datasets import SegmentationDataset, build_dataset, load_mask
 from grmseg.pipeline.datasets.base import require_dir
 
@@ -158,11 +159,51 @@ def load_cam(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"corrupt CAM file {str(path)!r} ({exc}): delete it and run make-cam again") from None
 
 
+# ------------------------------------------------------------------------------------------ stage settings
+def check_settings(cfg: PipelineConfig, stage: str, saved: dict | None, what: str) -> None:
+    """ValueError when ``saved`` (the settings a checkpoint or output folder was made with) differs from ``cfg``
+    in a setting of ``stage`` (:data:`grmseg.pipeline.config.STAGE_SETTINGS`), listing each; ``force`` lets it pass
+    with a warning. Keys the saved settings lack (older runs) are not compared."""
+    if not saved:
+        return
+    now = cfg.to_dict()
+    diff = {k: (saved[k], now[k]) for k in STAGE_SETTINGS[stage] if k in saved and saved[k] != now[k]}
+    if not diff:
+        return
+    listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
+    if cfg.force:
+        rt.get_logger(cfg.run_dir).info(f"[{stage}] warning: --force continues {what}, made with other settings "
+                                        f"({listed})")
+        return
+    raise ValueError(f"{stage}: {what} was made with other settings ({listed}); run with those, delete it to redo "
+                     "the stage, or pass --force to continue it anyway")
+
+
+def stamp_folder(cfg: PipelineConfig, stage: str, folder: Path) -> None:
+    """Record the stage's settings in ``<folder>/settings.json`` (first run), or check them (later runs)."""
+    stamp = folder / "settings.json"
+    if stamp.is_file():
+        check_settings(cfg, stage, json.loads(stamp.read_text(encoding="utf-8")), f"{str(folder)!r}")
+    elif rt.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        now = cfg.to_dict()
+        stamp.write_text(json.dumps({k: now[k] for k in STAGE_SETTINGS[stage]}, indent=1) + "\n", encoding="utf-8")
+
+
 # ------------------------------------------------------------------------------------------ stage models
+def record_settings(cfg: PipelineConfig) -> None:
+    """``<run>/config.json``: the settings of the last stage that finished (rank 0), which later stages given only
+    ``--run-dir`` continue from."""
+    if rt.is_main():
+        cfg.save(Path(cfg.run_dir) / "config.json")
+
+
 def save_stage_model(cfg: PipelineConfig, stage: str, final: Path, model: torch.nn.Module, **extra: object) -> None:
-    """Rank 0 writes ``{"model": state, "config": cfg, **extra}`` to ``final`` atomically; every rank waits."""
+    """Rank 0 writes ``{"model": state, "config": cfg, **extra}`` to ``final`` atomically and records the
+    settings; every rank waits."""
     if rt.is_main():
         rt.save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), **extra}, final)
+        record_settings(cfg)
         rt.get_logger(cfg.run_dir).info(f"[{stage}] saved {final}")
     rt.barrier()
 
@@ -178,12 +219,13 @@ def load_stage_model(path: Path, what: str, hint: str) -> dict:
 def begin_training_stage(cfg: PipelineConfig, stage: str, final: Path
                          ) -> tuple[torch.device, int, logging.Logger, bool]:
     """Device, process group and log of a training stage: ``(device, world size, logger, done)``; ``done`` when
-    its model ``final`` exists already (the stage then has nothing to do)."""
+    its model ``final`` exists already, made with the same settings (the stage then has nothing to do)."""
     dev = stage_device(cfg)
     _, world = rt.init_distributed(dev)
     log = rt.get_logger(cfg.run_dir)
     done = rt.is_complete_checkpoint(final)
     if done:
+        check_settings(cfg, stage, rt.load_checkpoint(final).get("config"), f"{str(final)!r}")
         log.info(f"[{stage}] done already: {final}")
     return dev, world, log, done
 

@@ -12,7 +12,6 @@ and train from those files.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from grmseg.pipeline import runtime as rt
-from grmseg.pipeline.common import files_to_write, load_cam
+from grmseg.pipeline.common import files_to_write, load_cam, stamp_folder
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.crf import crf_labels
 from grmseg.pipeline.datasets import IGNORE_INDEX, SegmentationDataset, load_mask, save_png_atomic, voc_palette
@@ -55,10 +54,6 @@ def confident_labels(keys: np.ndarray, cam: np.ndarray, conf_fg: float, conf_bg:
     return out.numpy().astype(np.uint8)
 
 
-def _settings(cfg: PipelineConfig) -> dict:
-    return {"conf_fg": cfg.conf_fg, "conf_bg": cfg.conf_bg, "conf_crf": cfg.conf_crf}
-
-
 def write_confident_regions(cfg: PipelineConfig, ds: SegmentationDataset, cams: Path, out: Path) -> Path:
     """Write ``<out>/<id>.png`` (palette PNG, atomically) for every image of ``ds`` without one, from its CAM file.
 
@@ -66,16 +61,7 @@ def write_confident_regions(cfg: PipelineConfig, ds: SegmentationDataset, cams: 
     with other settings (delete it to remake the regions). Returns ``out``.
     """
     log = rt.get_logger(cfg.run_dir)
-    settings = _settings(cfg)
-    stamp = out / "settings.json"
-    if stamp.is_file():
-        old = json.loads(stamp.read_text(encoding="utf-8"))
-        if old != settings:
-            raise ValueError(f"{str(out)!r} holds confident regions made with {old}, not {settings}: delete the "
-                             "folder to remake them, or use the settings it was made with")
-    elif rt.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps(settings) + "\n", encoding="utf-8")
+    stamp_folder(cfg, "confident-regions", out)
     todo = files_to_write(ds, out, ".png", lambda p: load_mask(p, ds.num_classes))
     pal = voc_palette()
     t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from grmseg._optional import optional_import
 from grmseg.models.backbones import BACKBONES
 
 
@@ -144,6 +145,7 @@ class PipelineConfig:
     # evaluation and report
     eval_crf: bool = _key(False, "also score the predictions after a dense CRF (the paper's test-time CRF)")
     num_figures: int = _key(6, "example rows in the report's figure", low=0)
+    force: bool = _key(False, "continue checkpoints and outputs made with other settings (else refused, listing them)")
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -251,6 +253,28 @@ def _coerce(key: str, hint: Any, value: Any, meta: dict[str, Any] | None = None)
     return out
 
 
+_DATA = ("dataset", "cls_labels", "train_split", "syn_train_images", "syn_val_images", "syn_size", "seed")
+_BACKBONE = ("backbone", "width", "weights_path", "output_stride")
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "train-cls": (*_DATA, *_BACKBONE, "scale_range", "cls_crop_size", "use_gcn", "gcn_hidden", "gcn_loss",
+                  "gcn_loss_weight", "focal_gamma", "graph", "cam_source", "cls_epochs", "cls_batch", "cls_lr",
+                  "weight_decay", "cam_method", "recam_epochs", "recam_lr", "recam_loss_weight", "recam_batch"),
+    "make-cam": ("cam_split", "cam_scales", "cam_flip", "cam_stride"),
+    "confident-regions": ("conf_fg", "conf_bg", "conf_crf"),
+    "train-irn": (*_DATA, *_BACKBONE, "scale_range", "irn_crop_size", "weight_decay", "irn_epochs", "irn_batch",
+                  "irn_lr", "irn_radius", "irn_init", "irn_freeze_backbone", "irn_backbone_lr"),
+    "train-aff": (*_DATA, *_BACKBONE, "scale_range", "irn_crop_size", "weight_decay", "cls_batch", "aff_epochs",
+                  "aff_lr", "aff_dim", "aff_radius"),
+    "refine": ("cam_split", "aff_source", "aff_radius", "aff_scale", "aff_rgb_weight", "rw_beta", "rw_steps",
+               "bg_mode", "bg_threshold", "bg_alpha", "refine_crf", "crf_iterations"),
+    "train-seg": (*_DATA, "width", "output_stride", "weights_path", "seg_backbone", "seg_weights_path",
+                  "seg_init_from_cls", "scale_range", "seg_crop_size", "weight_decay", "graph", "seg_epochs",
+                  "seg_iterations", "seg_batch", "seg_lr", "aspp_channels", "aspp_rates", "use_grm", "grm_node_dim",
+                  "grm_key_dim", "grm_gcn_layers", "grm_embeddings"),
+}
+"""The settings each stage's outputs depend on: a finished or half-done stage is only continued with these."""
+
+
 PRESETS = ("voc", "coco")
 
 
@@ -271,10 +295,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {str(p)!r} does not exist (shipped presets: {list(PRESETS)})")
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ImportError(f"config file {str(p)!r} is YAML: pip install pyyaml, or use JSON") from None
+        yaml = optional_import("yaml", f"the YAML config file {str(p)!r} (or use JSON)")
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from grmseg.geometry import cell_centres
 from grmseg.pipeline import runtime as rt
-from grmseg.pipeline.common import to_tensor
+from grmseg.pipeline.common import check_settings, to_tensor
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.datasets import SegmentationDataset
 from grmseg.pipeline.transforms import Augment, sample_rng
@@ -131,7 +131,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def train_loop(cfg: PipelineConfig, stage: str, model: torch.nn.Module, train_set: TrainingView, batch: int,
                epochs: int, groups: Sequence[dict[str, Any]], loss_fn: Callable[[Any, Tensor], Tensor],
-               dev: torch.device, world: int, iterations: int = 0) -> torch.nn.Module:
+               dev: torch.device, world: int, iterations: int = 0, settings: str = "") -> torch.nn.Module:
     """SGD (momentum 0.9, ``cfg.weight_decay``) with a poly learning rate over ``groups``.
 
     Args:
@@ -140,6 +140,8 @@ def train_loop(cfg: PipelineConfig, stage: str, model: torch.nn.Module, train_se
             ``{"params": [...], "lr": base_lr}``.  loss_fn: ``(model(x), target) -> scalar``.
         epochs: passes over ``train_set``; with ``iterations > 0`` training stops after that many SGD steps
             (epochs as needed) instead.
+        settings: the stage whose settings (:data:`grmseg.pipeline.config.STAGE_SETTINGS`) a checkpoint must
+            have been made with to be resumed (``force`` overrides).
 
     Returns:
         The trained module (unwrapped).
@@ -161,6 +163,8 @@ def train_loop(cfg: PipelineConfig, stage: str, model: torch.nn.Module, train_se
     start = 0
     ckpt = rt.load_checkpoint(stage_dir / "checkpoint.pt")
     if ckpt is not None:
+        if settings:
+            check_settings(cfg, settings, ckpt.get("config"), f"{str(stage_dir / 'checkpoint.pt')!r}")
         core.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         if "rng" in ckpt:
@@ -189,6 +193,6 @@ def train_loop(cfg: PipelineConfig, stage: str, model: torch.nn.Module, train_se
                  f"({int(stats[1])} images, {time.perf_counter() - t0:.1f} s, {world} process(es))")
         if rt.is_main():
             rt.save_atomic({"model": core.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                            "rng": _rng_state()}, stage_dir / "checkpoint.pt")
+                            "rng": _rng_state(), "config": cfg.to_dict()}, stage_dir / "checkpoint.pt")
         rt.barrier()
     return core

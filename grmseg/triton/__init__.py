@@ -6,6 +6,7 @@ projection, reprojection, graph convolution: re-exported here) and ``grmseg.ops.
 """
 
 from grmseg.triton.graph_conv import (
+    graph_conv_bwd_adj_kernel,
     graph_conv_bwd_pre_kernel,
     graph_conv_bwd_w_kernel,
     graph_conv_bwd_z_kernel,
@@ -15,6 +16,7 @@ from grmseg.triton.grm_project import grm_project_bwd_kernel, grm_project_fwd_ke
 from grmseg.triton.grm_reproject import grm_reproject_bwd_kernel, grm_reproject_fwd_kernel
 
 __all__ = [
+    "graph_conv_bwd_adj_kernel",
     "graph_conv_bwd_pre_kernel",
     "graph_conv_bwd_w_kernel",
     "graph_conv_bwd_z_kernel",

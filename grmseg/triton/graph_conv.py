@@ -5,11 +5,21 @@ Math: ``zw = z weight``, ``pre = adj zw + bias``, ``out = act(pre)``; backward `
 ``gzw = adj^T gpre``, ``gz = gzw weight^T``, ``gweight = sum_b z^T gzw``, ``gadj = sum_b gpre zw^T``,
 ``gbias = sum_{b,k} gpre``. ``ACTIVATION``: 0 none, 1 relu, 2 leaky_relu (slope 0.2).
 
-Forward: one kernel, a program per (block of D, batch): ``z weight`` over F chunks, then ``adj`` (all K <= 128
-rows, in fp32), bias and activation in registers. Backward: three kernels, (1) per (block of D, batch):
-``gpre``, ``gzw`` (kept in an fp32 scratch ``[B, K, D]``), the bias partial ``[B, D]`` and, recomputing ``zw``,
-the adjacency partial ``[B, nD, K, K]``; (2) ``gz`` per (block of F, batch); (3) ``gweight`` per
-(block of F, block of D), summing over the batch in order. Partials are summed by the adapter in a fixed order.
+No [K, K] block is ever held whole (K pads to 128, and a 128 x 128 fp32 block alone would fill a program's
+registers): the node axis is walked in chunks of ``BLOCK_J`` rows.
+
+Forward: a program per (block of D, batch): for each chunk of BLOCK_J nodes ``zw`` of the chunk (over F chunks),
+then ``pre += adj[:, chunk] zw[chunk]``; bias and activation in registers. Backward: four kernels,
+(1) per (block of D, batch): ``gzw += adj[chunk]^T gpre[chunk]`` over the node chunks into an fp32 scratch
+``[B, K, D]``, and the bias partial ``[B, D]``; (2) per (block of D, batch): ``gpre`` of all nodes and, recomputing
+``zw`` chunk by chunk, the adjacency partial ``gadj[:, chunk] = gpre zw[chunk]^T`` into slot ``db`` of
+``[B, NUM_DB, K, K]`` (every slot written: NUM_DB = cdiv(D, BLOCK_D));
+(3) ``gz`` per (block of F, batch); (4) ``gweight`` per (block of F, block of D), summing over the batch and
+the node chunks in order. Partials are summed by the adapter in a fixed order. (1) and (2) are separate so
+that neither holds more than three ``[BLOCK_K, BLOCK_*]`` blocks: fused, fp32 at 128 nodes did not fit the
+registers.
+
+Dot operands are in the input dtype (``operand``; fp32 inputs use ``PRECISION``), accumulation in fp32.
 """
 
 from __future__ import annotations
@@ -21,20 +31,34 @@ from grmseg.triton.common import operand
 
 
 @triton.jit
-def _zw_block(z_base, w_ptr, offs_k, k_mask, offs_d, d_mask, F, szk, szf, swf, swd,
-              BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-              UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """``(z weight)[:, d block]`` for one batch: fp32 ``[BLOCK_K, BLOCK_D]``."""
-    acc = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+def _zw_rows(z_base, w_ptr, offs_j, j_mask, offs_d, d_mask, F, szk, szf, swf, swd,
+             BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+             UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """``(z weight)[rows j, d block]`` of one batch: fp32 ``[BLOCK_J, BLOCK_D]``."""
+    acc = tl.zeros((BLOCK_J, BLOCK_D), dtype=tl.float32)
     for f0 in range(0, F, BLOCK_F):
         offs_f = f0 + tl.arange(0, BLOCK_F)
         f_mask = offs_f < F
-        zt = tl.load(z_base + offs_k[:, None] * szk + offs_f[None, :] * szf,
-                     mask=k_mask[:, None] & f_mask[None, :], other=0.0)
+        zt = tl.load(z_base + offs_j[:, None] * szk + offs_f[None, :] * szf,
+                     mask=j_mask[:, None] & f_mask[None, :], other=0.0)
         wt = tl.load(w_ptr + offs_f[:, None] * swf + offs_d[None, :] * swd,
                      mask=f_mask[:, None] & d_mask[None, :], other=0.0)
         acc = tl.dot(operand(zt, w_ptr, UPCAST), operand(wt, w_ptr, UPCAST), acc, input_precision=PRECISION)
     return acc
+
+
+@triton.jit
+def _grad_pre(gout_base, out_base, offs_j, j_mask, offs_d, d_mask, sgk, sgd, sok, sod, ACTIVATION: tl.constexpr):
+    """``gpre = gout act'(out)`` of rows j: fp32 ``[len(offs_j), BLOCK_D]``, 0 outside the masks."""
+    m = j_mask[:, None] & d_mask[None, :]
+    g = tl.load(gout_base + offs_j[:, None] * sgk + offs_d[None, :] * sgd, mask=m, other=0.0).to(tl.float32)
+    if ACTIVATION != 0:
+        o = tl.load(out_base + offs_j[:, None] * sok + offs_d[None, :] * sod, mask=m, other=0.0).to(tl.float32)
+        if ACTIVATION == 1:
+            g = tl.where(o > 0, g, 0.0)
+        else:
+            g = tl.where(o > 0, g, g * 0.2)
+    return g
 
 
 @triton.jit
@@ -43,7 +67,7 @@ def graph_conv_fwd_kernel(
     K, F, D,
     szb, szk, szf, sai, saj, swf, swd, sbd,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """``out [B, K, D]`` (contiguous, dtype of z) from ``z [B, K, F]``, ``adj [K, K]``, ``w [F, D]``, ``bias [D]``."""
@@ -55,12 +79,17 @@ def graph_conv_fwd_kernel(
     k_mask = offs_k < K
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
+    z_base = z_ptr + bi * szb
 
-    zw = _zw_block(z_ptr + bi * szb, w_ptr, offs_k, k_mask, offs_d, d_mask, F, szk, szf, swf, swd,
-                   BLOCK_K, BLOCK_F, BLOCK_D, UPCAST, PRECISION)
-    adj = tl.load(adj_ptr + offs_k[:, None] * sai + offs_k[None, :] * saj,
-                  mask=k_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-    pre = tl.dot(adj, zw, input_precision=PRECISION)
+    pre = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+    for j0 in range(0, K, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        j_mask = offs_j < K
+        zw = _zw_rows(z_base, w_ptr, offs_j, j_mask, offs_d, d_mask, F, szk, szf, swf, swd,
+                      BLOCK_J, BLOCK_F, BLOCK_D, UPCAST, PRECISION)
+        adj = tl.load(adj_ptr + offs_k[:, None] * sai + offs_j[None, :] * saj,
+                      mask=k_mask[:, None] & j_mask[None, :], other=0.0)
+        pre = tl.dot(operand(adj, w_ptr, UPCAST), operand(zw, w_ptr, UPCAST), pre, input_precision=PRECISION)
     if HAS_BIAS:
         pre += tl.load(bias_ptr + offs_d * sbd, mask=d_mask, other=0.0).to(tl.float32)[None, :]
     if ACTIVATION == 1:
@@ -73,14 +102,14 @@ def graph_conv_fwd_kernel(
 
 @triton.jit
 def graph_conv_bwd_pre_kernel(
-    gout_ptr, out_ptr, z_ptr, adj_ptr, w_ptr, gzw_ptr, gadj_ptr, gbias_ptr,
-    B, K, F, D,
-    sgb, sgk, sgd, sob, sok, sod, szb, szk, szf, sai, saj, swf, swd,
+    gout_ptr, out_ptr, adj_ptr, w_ptr, gzw_ptr, gbias_ptr,
+    K, D,
+    sgb, sgk, sgd, sob, sok, sod, sai, saj,
     ACTIVATION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Per (D block, batch): ``gzw [B, K, D]`` (fp32), partial ``gbias [B, D]`` and ``gadj [B, nD, K, K]`` (fp32)."""
+    """Per (D block, batch): ``gzw = adj^T gpre`` into ``[B, K, D]`` (fp32) and the bias partial ``[B, D]``."""
     pid = tl.program_id(0)
     num_db = tl.cdiv(D, BLOCK_D)
     db = pid % num_db
@@ -89,30 +118,56 @@ def graph_conv_bwd_pre_kernel(
     k_mask = offs_k < K
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    kd = k_mask[:, None] & d_mask[None, :]
+    gout_base = gout_ptr + bi * sgb
+    out_base = out_ptr + bi * sob
 
-    gpre = tl.load(gout_ptr + bi * sgb + offs_k[:, None] * sgk + offs_d[None, :] * sgd, mask=kd, other=0.0)
-    gpre = gpre.to(tl.float32)
-    if ACTIVATION != 0:
-        out = tl.load(out_ptr + bi * sob + offs_k[:, None] * sok + offs_d[None, :] * sod, mask=kd, other=0.0)
-        out = out.to(tl.float32)
-        if ACTIVATION == 1:
-            gpre = tl.where(out > 0, gpre, 0.0)
-        else:
-            gpre = tl.where(out > 0, gpre, gpre * 0.2)
-    # adj^T as a [BLOCK_K, BLOCK_K] block: element (i, j) = adj[j, i]
-    adj_t = tl.load(adj_ptr + offs_k[None, :] * sai + offs_k[:, None] * saj,
-                    mask=k_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-    gzw = tl.dot(adj_t, gpre, input_precision=PRECISION)
-    tl.store(gzw_ptr + bi * K * D + offs_k[:, None] * D + offs_d[None, :], gzw, mask=kd)
-    tl.store(gbias_ptr + bi * D + offs_d, tl.sum(gpre, axis=0), mask=d_mask)
+    gzw = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+    gbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for j0 in range(0, K, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        j_mask = offs_j < K
+        gpre_j = _grad_pre(gout_base, out_base, offs_j, j_mask, offs_d, d_mask, sgk, sgd, sok, sod, ACTIVATION)
+        gbias += tl.sum(gpre_j, axis=0)
+        # the chunk's rows of adj, transposed to [BLOCK_K, BLOCK_J]
+        adj_t = tl.load(adj_ptr + offs_j[None, :] * sai + offs_k[:, None] * saj,
+                        mask=k_mask[:, None] & j_mask[None, :], other=0.0)
+        gzw = tl.dot(operand(adj_t, w_ptr, UPCAST), operand(gpre_j, w_ptr, UPCAST), gzw, input_precision=PRECISION)
+    tl.store(gbias_ptr + bi * D + offs_d, gbias, mask=d_mask)
+    tl.store(gzw_ptr + bi * K * D + offs_k[:, None] * D + offs_d[None, :], gzw,
+             mask=k_mask[:, None] & d_mask[None, :])
 
-    zw = _zw_block(z_ptr + bi * szb, w_ptr, offs_k, k_mask, offs_d, d_mask, F, szk, szf, swf, swd,
-                   BLOCK_K, BLOCK_F, BLOCK_D, UPCAST, PRECISION)
-    gadj = tl.dot(gpre, tl.trans(zw), input_precision=PRECISION)
-    slot = (bi * num_db + db) * K * K
-    tl.store(gadj_ptr + slot + offs_k[:, None] * K + offs_k[None, :], gadj,
-             mask=k_mask[:, None] & k_mask[None, :])
+
+@triton.jit
+def graph_conv_bwd_adj_kernel(
+    gout_ptr, out_ptr, z_ptr, w_ptr, gadj_ptr,
+    K, F, D, NUM_DB,
+    sgb, sgk, sgd, sob, sok, sod, szb, szk, szf, swf, swd,
+    ACTIVATION: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Per (D block, batch): the adjacency partial ``gadj[:, j] = gpre zw[j]^T`` into slot ``db`` of
+    ``[B, NUM_DB, K, K]`` (fp32), ``zw`` of each node chunk recomputed from ``z`` and ``w``."""
+    pid = tl.program_id(0)
+    num_db = tl.cdiv(D, BLOCK_D)
+    db = pid % num_db
+    bi = (pid // num_db).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    z_base = z_ptr + bi * szb
+    gpre = _grad_pre(gout_ptr + bi * sgb, out_ptr + bi * sob, offs_k, k_mask, offs_d, d_mask, sgk, sgd, sok, sod,
+                     ACTIVATION)
+    gpre_op = operand(gpre, w_ptr, UPCAST)
+    gadj_base = gadj_ptr + (bi * NUM_DB + db) * K * K
+    for j0 in range(0, K, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        j_mask = offs_j < K
+        zw = _zw_rows(z_base, w_ptr, offs_j, j_mask, offs_d, d_mask, F, szk, szf, swf, swd,
+                      BLOCK_J, BLOCK_F, BLOCK_D, UPCAST, PRECISION)
+        gadj = tl.dot(gpre_op, tl.trans(operand(zw, w_ptr, UPCAST)), input_precision=PRECISION)
+        tl.store(gadj_base + offs_k[:, None] * K + offs_j[None, :], gadj, mask=k_mask[:, None] & j_mask[None, :])
 
 
 @triton.jit
@@ -148,16 +203,15 @@ def graph_conv_bwd_z_kernel(
 def graph_conv_bwd_w_kernel(
     z_ptr, gzw_ptr, gw_ptr,
     B, K, F, D, szb, szk, szf,
-    BLOCK_K: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_J: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """``gweight [F, D] = sum_b z^T gzw`` (contiguous, dtype of gw_ptr), summed over the batch in order."""
+    """``gweight [F, D] = sum_b z^T gzw`` (contiguous, dtype of gw_ptr), summed over the batch and the node
+    chunks in order."""
     pid = tl.program_id(0)
     num_db = tl.cdiv(D, BLOCK_D)
     db = pid % num_db
     fb = pid // num_db
-    offs_k = tl.arange(0, BLOCK_K)
-    k_mask = offs_k < K
     offs_f = fb * BLOCK_F + tl.arange(0, BLOCK_F)
     f_mask = offs_f < F
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -166,10 +220,14 @@ def graph_conv_bwd_w_kernel(
     z_b = z_ptr
     g_b = gzw_ptr
     for _ in range(B):  # the batch in order: deterministic; the pointers advance one batch per step
-        z_t = tl.load(z_b + offs_f[:, None] * szf + offs_k[None, :] * szk,
-                      mask=f_mask[:, None] & k_mask[None, :], other=0.0)
-        g = tl.load(g_b + offs_k[:, None] * D + offs_d[None, :], mask=k_mask[:, None] & d_mask[None, :], other=0.0)
-        acc = tl.dot(operand(z_t, gw_ptr, UPCAST), operand(g, gw_ptr, UPCAST), acc, input_precision=PRECISION)
+        for j0 in range(0, K, BLOCK_J):
+            offs_j = j0 + tl.arange(0, BLOCK_J)
+            j_mask = offs_j < K
+            z_t = tl.load(z_b + offs_f[:, None] * szf + offs_j[None, :] * szk,
+                          mask=f_mask[:, None] & j_mask[None, :], other=0.0)
+            g = tl.load(g_b + offs_j[:, None] * D + offs_d[None, :], mask=j_mask[:, None] & d_mask[None, :],
+                        other=0.0)
+            acc = tl.dot(operand(z_t, gw_ptr, UPCAST), operand(g, gw_ptr, UPCAST), acc, input_precision=PRECISION)
         z_b += szb
         g_b += K * D
     out = gw_ptr + offs_f[:, None] * D + offs_d[None, :]

@@ -110,7 +110,7 @@ def _plan(B: int, K: int, C: int, P: int, kt: int, stages: int, acc_size: int) -
     """(tile, shared bytes, chunks, pixels per chunk): the same function of the shapes as the C++ host code."""
 
     def smem(tile: int) -> int:
-        return (kt * K * tile + stages * CHAN_CHUNK * (tile + 1) + K) * acc_size
+        return (kt * K * (tile + 1) + stages * CHAN_CHUNK * (tile + 1) + K) * acc_size  # rows padded to tile + 1
 
     tile = MAX_TILE
     while tile > 1 and smem(tile) > SMEM_BUDGET:

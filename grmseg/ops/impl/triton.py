@@ -1,16 +1,26 @@
 """The Triton backend: launch policy for the kernels in ``grmseg.triton`` (see ``grmseg.ops._backends``).
 
-Everything that is policy lives here, not in the kernel files: grids, block sizes, the autotune configs (CUDA)
-and the fixed config of the interpreter (CPU), how the pixel axis is split across programs, and the final
+Everything that is policy lives here, not in the kernel files: grids, block sizes, the configs a launch may
+pick (``*_configs``: the autotune list on CUDA, whose first entry is the fixed choice without autotuning; the
+interpreter's own large blocks on CPU), how the pixel axis is split across programs, and the final
 deterministic reductions of the per-program fp32 partial sums (``torch.sum`` over the split axis: a fixed
-order, no atomics).
+order, no atomics). How a launch happens (autotune, fixed choice with fallback, recording for the compile
+checks) is ``grmseg.ops.impl.triton_launch``.
+
+Fitting the hardware: a program's tiles live in registers (255 per thread at most) and its pipelined loads and
+layout conversions in shared memory (232448 B per block on sm_90, 166912 B on sm_80). The tile shapes of the
+``_*_TILES`` tables are the ones that compile without a spill for sm_80 and sm_90 (``tests/test_gpu_compile.py``
+compiles every config these functions return, with Triton's real compiler, and fails on a spill or on shared
+memory over the limit); ``_*_smem`` estimates a config's shared memory (an upper bound, which the compile test
+also checks) and prunes the configs that do not fit the target GPU.
 
 Availability: CUDA tensors whenever triton imports; CPU tensors only under Triton's interpreter
 (``TRITON_INTERPRET=1``, set before the first kernel runs; the tests set it when no GPU is visible).
 
 Numerics: fp32 accumulation for every dtype; fp16/bf16 ``tl.dot`` operands stay half on a GPU (the softmax
 weights are rounded to the input dtype before the second product, as a same-dtype PyTorch computation does);
-fp32 products use ``FP32_PRECISION``. Outputs come back in the dtype of the matching input.
+fp32 products are exact fp32 FMAs (``FP32_PRECISION = "ieee"``): the 3xTF32 split ("tf32x3") triples the
+operand registers, and every fp32 backward tile spilled with it. Outputs come back in the dtype of the matching input.
 Fallbacks to ``grmseg.reference`` (same math, so results stay correct): float64 inputs (the kernels have no
 fp64 path; ``gradcheck`` then checks the reference formulas), more than ``MAX_K`` nodes, and empty tensors.
 Under the interpreter bf16 ``tl.dot`` is wrong, so bf16 operands are cast to fp32 first (``UPCAST``).
@@ -22,21 +32,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
+import importlib
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from grmseg import reference as _ref
+from grmseg.ops.impl import triton_launch as _tl
+from grmseg.ops.impl.triton_launch import Target
 
 NAME = "triton"
 
 #: The largest number of nodes the kernels take (the node axis lives in one block of registers).
 MAX_K = 128
-#: ``tl.dot`` input precision for fp32 operands on a GPU: "tf32x3" keeps ~fp32 accuracy on the tensor cores;
-#: "ieee" is exact fp32 FMA (slower); plain "tf32" is not accurate enough for the fp32 tolerance (1e-4).
-FP32_PRECISION = "tf32x3"
+#: ``tl.dot`` input precision for fp32 operands on a GPU: "ieee" (exact fp32 FMA) fits the registers; "tf32x3"
+#: (~fp32 on the tensor cores) needs three operand copies and spilled at every backward tile; plain "tf32" is not
+#: accurate enough for the fp32 tolerance (1e-4).
+FP32_PRECISION = "ieee"
 #: Pixels per split are a multiple of this (the largest BLOCK_P), so only the last tile of a split is partial.
 _SPLIT_ALIGN = 128
 #: A split covers at least this many pixels: fewer splits mean fewer fp32 partials to write and sum.
@@ -69,12 +83,7 @@ def _load() -> tuple[ModuleType | None, ModuleType | None, str]:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
-def _interpreter_policy(device: torch.device) -> bool:
-    """Whether launches take the interpreter's fixed config: few programs with large blocks, no autotuning."""
-    return device.type != "cuda" or _interpreting()
+    return _tl.interpreting()
 
 
 def status(device_type: str) -> tuple[bool, str]:
@@ -93,18 +102,27 @@ def status(device_type: str) -> tuple[bool, str]:
 
 def kernels(device_type: str) -> frozenset[str]:
     """The six GRM kernels (projection, reprojection, graph convolution; forward and backward), plus the WSSS
-    kernels of ``grmseg.ops.impl.triton_wsss`` when that module imports."""
-    return _KERNELS | _WSSS_KERNELS if device_type in ("cpu", "cuda") else frozenset()
+    kernels of ``grmseg.ops.impl.triton_wsss`` and the dense CRF of ``grmseg.ops.impl.triton_crf`` when those
+    modules import."""
+    return _KERNELS | _WSSS_KERNELS | _CRF_KERNELS if device_type in ("cpu", "cuda") else frozenset()
 
 
-# The WSSS kernels (cam, affinities, random walk) have their own launch policy module; this backend exposes them.
-try:
-    from grmseg.ops.impl import triton_wsss as _wsss
-except ImportError:  # not part of this build
-    _wsss = None
-_WSSS_KERNELS: frozenset[str] = frozenset() if _wsss is None else frozenset(_wsss.WSSS_KERNELS)
-for _name in _WSSS_KERNELS:
-    globals()[_name] = getattr(_wsss, _name)
+def _adopt(module: str, names: str) -> frozenset[str]:
+    """Expose the kernels that the launch policy module ``grmseg.ops.impl.<module>`` lists in ``<names>`` (none when
+    the module does not import)."""
+    try:
+        mod = importlib.import_module(f"grmseg.ops.impl.{module}")
+    except ImportError:  # not part of this build
+        return frozenset()
+    adopted = frozenset(getattr(mod, names))
+    for name in adopted:
+        globals()[name] = getattr(mod, name)
+    return adopted
+
+
+# The WSSS kernels (cam, affinities, random walk) and the dense CRF have their own launch policy modules.
+_WSSS_KERNELS = _adopt("triton_wsss", "WSSS_KERNELS")
+_CRF_KERNELS = _adopt("triton_crf", "CRF_KERNELS")
 
 
 # ------------------------------------------------------------------------------------------------ policy
@@ -134,122 +152,233 @@ def _fallback(*tensors: Tensor | None, k: int) -> bool:
     return k > MAX_K or any(t.dtype == torch.float64 or t.numel() == 0 for t in present)
 
 
-def _common(t: Tensor) -> dict:
+def _common(t: Tensor, target: Target) -> dict:
     """Constexprs every launch takes: UPCAST (bf16 dots under the interpreter) and the fp32 dot precision."""
-    interp = _interpreting()
     return {
-        "UPCAST": interp and t.dtype == torch.bfloat16,
-        "PRECISION": "ieee" if interp else FP32_PRECISION,
+        "UPCAST": target.interpreter and t.dtype == torch.bfloat16,
+        "PRECISION": "ieee" if target.interpreter else FP32_PRECISION,
     }
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _splits(batch: int, pixels: int, device: torch.device) -> tuple[int, int]:
     """``(num_splits, pixels_per_split)``: enough programs to fill the GPU, few enough partial sums."""
-    if _interpreter_policy(device):
+    target = _tl.target_of(device)
+    if target.interpreter:
         return 1, pixels  # the interpreter: one program per batch (and channel block) walks every tile
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    want = -(-2 * sms // batch)
+    want = -(-2 * target.sms // batch)
     most = max(1, pixels // _MIN_PIXELS_PER_SPLIT)
     per = -(-pixels // max(1, min(want, most)))
     per = -(-per // _SPLIT_ALIGN) * _SPLIT_ALIGN
     return -(-pixels // per), per
 
 
-def _autotune_on(device: torch.device) -> bool:
-    return not _interpreter_policy(device) and os.environ.get("GRMSEG_TRITON_AUTOTUNE", "1") != "0"
+def _half(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
 
 
-def _config(**kwargs) -> object:
-    triton = _load()[0]
-    num_warps = kwargs.pop("num_warps", 4)
-    num_stages = kwargs.pop("num_stages", 2)
-    return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
+def _size_class(block_k: int) -> int:
+    """The tile table a node block uses: 32 (up to 32 nodes) or 128 (33 to 128 nodes)."""
+    return 32 if block_k <= 32 else 128
 
 
-@functools.cache
-def _tuned(kernel_name: str, configs_key: tuple, key: tuple[str, ...]) -> object:
-    """A ``triton.autotune`` wrapper of ``grmseg.triton.<kernel_name>`` over the configs in ``configs_key``."""
-    triton, kmod, _ = _load()
-    configs = [_config(**dict(c)) for c in configs_key]
-    return triton.autotune(configs=configs, key=list(key))(getattr(kmod, kernel_name))
+def _arch_class(target: Target) -> int:
+    """The tile table of a GPU: 90 (Hopper and newer: its dots keep fewer registers live) or 80."""
+    return 90 if target.arch >= 90 else 80
 
 
-def _freeze(configs: list[dict]) -> tuple:
-    return tuple(tuple(sorted(c.items())) for c in configs)
+# Pixel kernels (grm_project forward/backward, grm_reproject backward): (BLOCK_CO, BLOCK_P, num_warps), best
+# first; BLOCK_CO = 0 is FUSED (the block covers every channel, x loaded once per tile), allowed up to the
+# channel count given as the fourth entry. Keys: (kernel, "half" | "fp32", node table, arch table). fp16/bf16
+# tiles run with 2 pipeline stages and 64-channel logit chunks (32 for more than 32 nodes); fp32 tiles (exact
+# FMA dots) with 1 stage and 32-channel chunks. Every entry was measured (Triton 3.6 and 3.8, maxnreg 255) at
+# no more than ~230 of the 255 registers a thread has, so none spills; tests/test_gpu_compile.py keeps it so.
+_PIXEL_TILES: dict[tuple[str, str, int, int], tuple[tuple[int, ...], ...]] = {
+    ("project_fwd", "half", 32, 90): ((0, 32, 8, 512), (256, 64, 8), (128, 128, 8), (256, 32, 8)),
+    ("project_fwd", "half", 128, 90): ((128, 64, 8), (128, 32, 8), (64, 64, 8), (64, 128, 8)),
+    ("project_fwd", "half", 32, 80): ((0, 32, 8, 512), (256, 32, 8), (128, 64, 8), (64, 128, 8)),
+    ("project_fwd", "half", 128, 80): ((128, 32, 8), (64, 64, 8), (64, 32, 8), (32, 64, 8)),
+    ("project_bwd", "half", 32, 90): ((128, 64, 8), (64, 64, 8), (64, 32, 8)),
+    ("project_bwd", "half", 128, 90): ((128, 32, 8), (64, 32, 8), (32, 64, 8), (32, 32, 8)),
+    ("project_bwd", "half", 32, 80): ((64, 32, 8), (32, 64, 8), (32, 32, 8)),
+    ("project_bwd", "half", 128, 80): ((32, 32, 8), (32, 64, 8)),
+    ("reproject_bwd", "half", 32, 90): ((64, 64, 8), (64, 32, 8), (128, 32, 8), (32, 32, 8)),
+    ("reproject_bwd", "half", 128, 90): ((64, 32, 8), (32, 32, 8), (32, 64, 8)),
+    ("reproject_bwd", "half", 32, 80): ((64, 32, 8), (32, 32, 8), (32, 64, 8)),
+    ("reproject_bwd", "half", 128, 80): ((32, 32, 8), (32, 16, 8)),
+    ("project_fwd", "fp32", 32, 90): ((64, 32, 8), (64, 32, 4), (32, 32, 4)),
+    ("project_fwd", "fp32", 128, 90): ((32, 32, 8), (64, 16, 8), (32, 32, 4)),
+    ("project_bwd", "fp32", 32, 90): ((32, 32, 8), (64, 16, 8), (32, 16, 8)),
+    ("project_bwd", "fp32", 128, 90): ((32, 16, 8), (16, 32, 8), (16, 16, 8)),
+    ("reproject_bwd", "fp32", 32, 90): ((64, 32, 8), (32, 32, 8), (64, 16, 8)),
+    ("reproject_bwd", "fp32", 128, 90): ((16, 16, 8),),
+    ("reproject_bwd", "fp32", 128, 80): ((32, 32, 8), (16, 16, 8)),
+}
+for _key in [k for k in _PIXEL_TILES if k[1] == "fp32" and k[3] == 90]:  # the fp32 FMA tiles: sm_80 as sm_90
+    _PIXEL_TILES.setdefault((*_key[:3], 80), _PIXEL_TILES[_key])
+# grm_reproject forward: (BLOCK_P, BLOCK_C, num_warps), BLOCK_C = 0 is FUSED up to the fourth entry's channels.
+_REPROJECT_FWD_TILES: dict[tuple[str, int], tuple[tuple[int, ...], ...]] = {
+    ("half", 32): ((32, 0, 8, 512), (128, 64, 8), (64, 64, 8), (64, 0, 8, 256)),
+    ("half", 128): ((128, 32, 8), (64, 64, 8), (64, 32, 8)),
+    ("fp32", 32): ((64, 32, 8), (32, 32, 8), (32, 32, 4)),
+    ("fp32", 128): ((64, 32, 8), (32, 32, 8), (16, 32, 4)),
+}
+#: Accumulator blocks ``[BLOCK_K, BLOCK_CO]`` per pixel kernel (stored through shared memory at the end).
+_PIXEL_ACCUMULATORS = {"project_fwd": 1, "project_bwd": 1, "reproject_bwd": 2}
+#: Operand chunks the logit loop loads per channel chunk: (node-side [BLOCK_K, BLOCK_C], pixel-side
+#: [BLOCK_C, BLOCK_P]) tiles.
+_PIXEL_CHUNKS = {"project_fwd": (1, 1), "project_bwd": (2, 1), "reproject_bwd": (2, 2)}
+#: The epilogue's dot operands per tile, in elements: ([BLOCK_K, BLOCK_P] tiles, [BLOCK_CO, BLOCK_P] tiles,
+#: [BLOCK_CO, BLOCK_K] tiles).
+_PIXEL_EPILOGUE = {"project_fwd": (1, 1, 0), "project_bwd": (2, 1, 2), "reproject_bwd": (2, 2, 1)}
 
 
-#: Rough register budget: fp32 values a program may keep live per thread before spilling.
-_LIVE_PER_THREAD = 160
+def _fitting(configs: list[dict], smem: Callable[[dict], int], target: Target) -> list[dict]:
+    """The configs whose shared-memory estimate fits the target, in order; when none does (a GPU with less shared
+    memory than the tables were made for, such as sm_86's 101376 B), the one of the smallest estimate: the
+    estimates are upper bounds, and the fixed choice falls back further if the GPU refuses it."""
+    fit = [cfg for cfg in configs if smem(cfg) <= target.smem]
+    return fit or [min(configs, key=smem)]
 
 
-def _fits(live_fp32: int, num_warps: int) -> bool:
-    return live_fp32 <= num_warps * 32 * _LIVE_PER_THREAD
+def _stages(dtype: torch.dtype) -> int:
+    return 2 if _half(dtype) else 1
 
 
-#: The widest channel block a program keeps whole (then ``x`` is loaded once per tile: ``FUSED``).
-_FUSED_MAX_C = 512
+def _chunk(block_k: int, dtype: torch.dtype) -> int:
+    return 64 if _half(dtype) and block_k <= 32 else 32
 
 
-def _pixel_live(block_k: int, block_co: int, block_p: int, block_c: int, tiles: int, fused: bool) -> int:
-    """Rough count of 32-bit registers a split-kernel program needs: ``tiles`` fp32 accumulators, the fp32
-    logits/softmax/gradient tiles, and (counted at half size, the dtype the kernels are tuned for) ``tiles``
-    input tiles ``[BLOCK_CO, BLOCK_P]`` plus the weight block (fused) or the channel chunk."""
-    extra = block_k * block_co if fused else block_c * block_p
-    return tiles * block_k * block_co + (2 + tiles) * block_k * block_p + (tiles * block_co * block_p + extra) // 2
+def _pixel_smem(kind: str, cfg: dict, block_k: int, esize: int) -> int:
+    """Upper bound of a split-kernel config's shared memory (bytes), as if nothing were reused: the pipelined
+    operand chunks of the logit loop (FUSED: the whole-channel tiles, loaded once), the epilogue's dot operands,
+    the softmax reductions over K and the final stores of the fp32 accumulators (their layout conversion)."""
+    co, bp, bc, stages = cfg["BLOCK_CO"], cfg["BLOCK_P"], cfg["BLOCK_C"], cfg["num_stages"]
+    node, pix = _PIXEL_CHUNKS[kind]
+    if cfg["FUSED"]:
+        chunks = (pix * co * bp + node * block_k * co) * esize
+    else:
+        chunks = stages * (node * block_k * bc + pix * bc * bp) * esize
+    kp, cp, ck = _PIXEL_EPILOGUE[kind]
+    epilogue = (kp * block_k * bp + cp * co * bp + ck * co * block_k) * esize
+    return chunks + epilogue + block_k * bp * 4 + _PIXEL_ACCUMULATORS[kind] * block_k * co * 4
 
 
-def _pixel_configs(block_k: int, channels: int, accumulators: int) -> list[dict]:
-    """Autotune configs for the split kernels: BLOCK_P pixels per tile, BLOCK_C channels per logit chunk,
-    BLOCK_CO channels owned by a program (its ``accumulators`` fp32 ``[BLOCK_K, BLOCK_CO]`` blocks stay in
-    registers). ``FUSED`` configs own every channel and load ``x`` once per tile; narrower ones recompute the
-    logits per channel block (re-reading ``x`` from L2). Configs that would clearly spill are left out."""
+def _dtype_class(dtype: torch.dtype) -> str:
+    return "half" if _half(dtype) else "fp32"
+
+
+def _pixel_configs(kind: str, block_k: int, channels: int, dtype: torch.dtype, target: Target) -> list[dict]:
+    """Configs of a split kernel (``kind``: "project_fwd", "project_bwd", "reproject_bwd"), best first: the
+    table's tiles for this dtype, node count and GPU that cover the channels (FUSED) and fit the target's shared
+    memory. Under the interpreter: one config, large blocks (each program instance costs ~1 ms there)."""
     c_pow2 = max(16, _next_pow2(channels))
-    block_c = 64 if block_k <= 64 else 32
-    widths = [(c_pow2, True)] if c_pow2 <= _FUSED_MAX_C else []
-    widths += [(co, False) for co in (256, 128, 64, 32) if co < c_pow2]
-    out = []
-    for block_co, fused in widths:
-        for block_p in (128, 64, 32):
-            for num_warps in (4, 8):
-                if _fits(_pixel_live(block_k, block_co, block_p, block_c, accumulators, fused), num_warps):
-                    out.append({"BLOCK_P": block_p, "BLOCK_C": block_c, "BLOCK_CO": block_co, "FUSED": fused,
-                                "num_warps": num_warps, "num_stages": 2})
-                    break  # the fewest warps that fit
-    if not out:
-        out.append({"BLOCK_P": 32, "BLOCK_C": 32, "BLOCK_CO": 32, "FUSED": False, "num_warps": 8, "num_stages": 2})
-    return out[:6]
-
-
-def _pixel_fixed(block_k: int, channels: int, accumulators: int, device: torch.device) -> dict:
-    """The fixed config: large blocks under the interpreter (each program instance costs ~1 ms there); on
-    CUDA without autotuning, a fused config when one fits, else the widest channel block up to 128."""
-    c_pow2 = max(16, _next_pow2(channels))
-    if _interpreter_policy(device):
+    if target.interpreter:
         fused = c_pow2 <= 256
-        return {"BLOCK_P": 128, "BLOCK_C": 64, "BLOCK_CO": c_pow2 if fused else 256, "FUSED": fused,
-                "num_warps": 4, "num_stages": 1}
-    configs = _pixel_configs(block_k, channels, accumulators)
-    # fused only up to 256 channels: its whole-C operand blocks must also fit shared memory for fp32 inputs
-    return max(configs, key=lambda cfg: (cfg["FUSED"] and cfg["BLOCK_CO"] <= 256, min(cfg["BLOCK_CO"], 128),
-                                         cfg["BLOCK_P"], -cfg["num_warps"]))
+        return [{"BLOCK_P": 128, "BLOCK_C": 64, "BLOCK_CO": c_pow2 if fused else 256, "FUSED": fused,
+                 "num_warps": 4, "num_stages": 1}]
+    esize = torch.empty((), dtype=dtype).element_size()
+    out = []
+    table = _PIXEL_TILES[(kind, _dtype_class(dtype), _size_class(block_k), _arch_class(target))]
+    for tile in table:
+        co, bp, warps = tile[:3]
+        fused = co == 0
+        if fused and c_pow2 > tile[3]:
+            continue
+        cfg = {"BLOCK_CO": c_pow2 if fused else min(co, c_pow2), "BLOCK_P": bp,
+               "BLOCK_C": _chunk(block_k, dtype), "FUSED": fused, "num_warps": warps,
+               "num_stages": _stages(dtype)}
+        if cfg not in out:
+            out.append(cfg)
+    return _fitting(out, lambda cfg: _pixel_smem(kind, cfg, block_k, esize), target)
 
 
-def _launch_pixel_kernel(kernel_name: str, device: torch.device, block_k: int, channels: int, accumulators: int,
-                         programs_per_cb: int, args: tuple, consts: dict) -> None:
-    """Launch a kernel whose grid is (channel blocks x ``programs_per_cb``), autotuned on CUDA."""
-    triton, kmod, _ = _load()
-    if _autotune_on(device):
-        fn = _tuned(kernel_name, _freeze(_pixel_configs(block_k, channels, accumulators)), ("C", "P", "K"))
-        fn[lambda meta: (triton.cdiv(channels, meta["BLOCK_CO"]) * programs_per_cb,)](*args, **consts)
-        return
-    cfg = _pixel_fixed(block_k, channels, accumulators, device)
-    grid = (triton.cdiv(channels, cfg["BLOCK_CO"]) * programs_per_cb,)
-    getattr(kmod, kernel_name)[grid](*args, **consts, **cfg)
+def _reproject_fwd_smem(cfg: dict, block_k: int, esize: int) -> int:
+    """Upper bound of a reprojection-forward config's shared memory (bytes), as :func:`_pixel_smem`: the two
+    channel loops' operand chunks (x and q, then x and v; FUSED: loaded once), the softmax weights as a dot
+    operand and the reductions over K."""
+    bp, bc, stages = cfg["BLOCK_P"], cfg["BLOCK_C"], cfg["num_stages"]
+    per_chunk = (block_k * bc + bc * bp) * esize
+    chunks = (2 * per_chunk) if cfg["FUSED"] else 2 * stages * per_chunk
+    return chunks + block_k * bp * (esize + 4) + bc * bp * 4
+
+
+def _reproject_fwd_configs(block_k: int, channels: int, dtype: torch.dtype, target: Target) -> list[dict]:
+    """Configs of the reprojection forward, best first: BLOCK_P pixels per program, BLOCK_C channels per chunk;
+    ``FUSED`` ones take every channel in one chunk and load ``x`` once."""
+    c_pow2 = max(16, _next_pow2(channels))
+    if target.interpreter:
+        fused = c_pow2 <= 256
+        return [{"BLOCK_P": 128, "BLOCK_C": c_pow2 if fused else 64, "FUSED": fused, "num_warps": 4,
+                 "num_stages": 1}]
+    esize = torch.empty((), dtype=dtype).element_size()
+    out = []
+    for tile in _REPROJECT_FWD_TILES[(_dtype_class(dtype), _size_class(block_k))]:
+        bp, bc, warps = tile[:3]
+        fused = bc == 0
+        if fused and c_pow2 > tile[3]:
+            continue
+        cfg = {"BLOCK_P": bp, "BLOCK_C": c_pow2 if fused else min(bc, c_pow2), "FUSED": fused,
+               "num_warps": warps, "num_stages": _stages(dtype)}
+        if cfg not in out:
+            out.append(cfg)
+    return _fitting(out, lambda cfg: _reproject_fwd_smem(cfg, block_k, esize), target)
+
+
+# graph_conv: (output block, loop chunk, num_warps[, BLOCK_J]) per kernel and dtype class; the output block and
+# loop chunk are the constexprs _GRAPH_NAMES gives. The node chunk BLOCK_J is 32 unless the entry says (16 for
+# at most 16 nodes).
+_GRAPH_TILES: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {
+    ("fwd", "half"): ((64, 64, 8), (64, 32, 8), (128, 32, 8)),
+    ("fwd", "fp32"): ((64, 32, 8), (32, 32, 8), (128, 32, 8)),
+    ("bwd_pre", "half"): ((64, 0, 8), (32, 0, 8), (128, 0, 8)),
+    ("bwd_pre", "fp32"): ((64, 0, 8), (32, 0, 8), (32, 0, 4)),
+    ("bwd_adj", "half"): ((64, 64, 8), (64, 32, 8), (64, 32, 4)),  # one BLOCK_D: it sets the partials' shape
+    ("bwd_adj", "fp32"): ((32, 32, 8), (32, 64, 8, 16), (32, 16, 8)),
+    ("bwd_z", "half"): ((64, 32, 8), (128, 32, 8), (64, 64, 8)),
+    ("bwd_z", "fp32"): ((64, 32, 8), (32, 32, 8)),
+    ("bwd_w", "half"): ((64, 64, 8), (128, 32, 8), (64, 64, 4)),
+    ("bwd_w", "fp32"): ((64, 64, 8), (64, 32, 8), (32, 64, 4)),
+}
+#: The constexprs each graph_conv kernel's table entries name: (output block, loop chunk or None).
+_GRAPH_NAMES = {"fwd": ("BLOCK_D", "BLOCK_F"), "bwd_pre": ("BLOCK_D", None), "bwd_adj": ("BLOCK_D", "BLOCK_F"),
+                "bwd_z": ("BLOCK_F", "BLOCK_D"), "bwd_w": ("BLOCK_F", "BLOCK_D")}
+
+
+def _graph_smem(kind: str, cfg: dict, block_k: int, esize: int) -> int:
+    """Upper bound of a graph_conv config's shared memory (bytes), as if nothing were reused: the pipelined
+    operand chunks, the dot operands computed in registers and the fp32 output block's conversion."""
+    bj, st = cfg.get("BLOCK_J", 32), cfg["num_stages"]
+    bf, bd = cfg.get("BLOCK_F", 0), cfg.get("BLOCK_D", 0)
+    if kind == "fwd":
+        return st * (bj * bf + bf * bd) * esize + (block_k * bj + bj * bd) * esize + (block_k + bj) * bd * 4
+    if kind == "bwd_pre":
+        return st * (block_k * bj + 2 * bj * bd) * esize + (block_k * bj + bj * bd) * esize + block_k * bd * 4
+    if kind == "bwd_adj":
+        return (st * (bj * bf + bf * bd) * esize + (block_k * bd + bj * bd) * esize + block_k * bj * 4
+                + bj * bd * 4)
+    if kind == "bwd_z":
+        return st * (block_k * bd * 4 + bd * bf * esize) + (block_k * bd + bd * bf) * esize + block_k * bf * 4
+    return st * (bf * bj * esize + bj * bd * 4) + (bf * bj + bj * bd) * esize + bf * bd * 4
+
+
+def _graph_configs(kind: str, block_k: int, dtype: torch.dtype, target: Target) -> list[dict]:
+    """Configs of a graph_conv kernel (``kind``: "fwd", "bwd_pre", "bwd_adj", "bwd_z", "bwd_w"), best first."""
+    chunked = kind != "bwd_z"
+    if target.interpreter:  # one node chunk: fewer, larger operations
+        first, second = _GRAPH_NAMES[kind]
+        cfg = {first: 64, **({second: 64} if second else {}), "num_warps": 4, "num_stages": 1}
+        return [{**cfg, "BLOCK_J": block_k} if chunked else cfg]
+    esize = torch.empty((), dtype=dtype).element_size()
+    first, second = _GRAPH_NAMES[kind]
+    out = []
+    for tile in _GRAPH_TILES[(kind, _dtype_class(dtype))]:
+        blk, chunk, warps = tile[:3]
+        cfg = {first: blk, **({second: chunk} if second else {}), "num_warps": warps, "num_stages": _stages(dtype)}
+        if chunked:
+            cfg["BLOCK_J"] = 16 if block_k <= 16 else (tile[3] if len(tile) > 3 else 32)
+        if cfg not in out:
+            out.append(cfg)
+    return _fitting(out, lambda cfg: _graph_smem(kind, cfg, block_k, esize), target)
 
 
 def _reduce(part: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -262,6 +391,26 @@ def _reduce(part: Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> Tensor:
 def _device_guard(t: Tensor) -> contextlib.AbstractContextManager:
     """Make ``t``'s GPU current while launching (Triton launches on the current device's current stream)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+_PROJECT = "grmseg.triton.grm_project"
+_REPROJECT = "grmseg.triton.grm_reproject"
+_GRAPH = "grmseg.triton.graph_conv"
+
+
+def _launch_pixel(module: str, kernel: str, kind: str, x: Tensor, block_k: int, programs_per_cb: int,
+                  args: tuple, consts: dict) -> None:
+    """Launch a split kernel: grid (channel blocks x ``programs_per_cb``), configs of :func:`_pixel_configs`."""
+    target = _tl.target_of(x.device)
+    c, p = x.shape[1], x.shape[2]
+    configs = _pixel_configs(kind, block_k, c, x.dtype, target)
+    with _device_guard(x):
+        _tl.launch(module, kernel, lambda m: (_cdiv(c, m["BLOCK_CO"]) * programs_per_cb,), args, consts, configs,
+                   target, key=("C", "P", "K"), launch_key=(c, p, block_k, str(x.dtype)))
 
 
 # ------------------------------------------------------------------------------------------- grm_project
@@ -284,9 +433,8 @@ def grm_project_forward(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor
     block_k = _block_k(k)
     args = (x, w, b, h_part, m_part, bsz, c, p, k, per, splits,
             x.stride(0), x.stride(1), x.stride(2), w.stride(0), w.stride(1), b.stride(0))
-    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x), **_common(x)}
-    with _device_guard(x):
-        _launch_pixel_kernel("grm_project_fwd_kernel", x.device, block_k, c, 1, splits * bsz, args, consts)
+    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x), **_common(x, _tl.target_of(x.device))}
+    _launch_pixel(_PROJECT, "grm_project_fwd_kernel", "project_fwd", x, block_k, splits * bsz, args, consts)
     return _reduce(h_part, (0,), x.dtype), _reduce(m_part, (0,), x.dtype)
 
 
@@ -311,38 +459,12 @@ def grm_project_backward(gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor
     args = (gh, gm, x, w, b, gx, gw_part, gb_part, bsz, c, p, k, per, splits,
             gh.stride(0), gh.stride(1), gh.stride(2), gm.stride(0), gm.stride(1),
             x.stride(0), x.stride(1), x.stride(2), w.stride(0), w.stride(1), b.stride(0))
-    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x, gx), **_common(x)}
-    with _device_guard(x):
-        _launch_pixel_kernel("grm_project_bwd_kernel", x.device, block_k, c, 1, splits * bsz, args, consts)
+    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x, gx), **_common(x, _tl.target_of(x.device))}
+    _launch_pixel(_PROJECT, "grm_project_bwd_kernel", "project_bwd", x, block_k, splits * bsz, args, consts)
     return gx, _reduce(gw_part, (0, 1), w.dtype), _reduce(gb_part, (0, 1), b.dtype)
 
 
 # ----------------------------------------------------------------------------------------- grm_reproject
-def _reproject_fwd_configs(block_k: int, channels: int) -> list[dict]:
-    """Configs for the reprojection forward: BLOCK_P pixels per program, BLOCK_C channels per chunk; ``FUSED``
-    ones take every channel in one chunk and load ``x`` once."""
-    c_pow2 = max(16, _next_pow2(channels))
-    candidates = [(bp, c_pow2, True) for bp in (128, 64, 32)] if c_pow2 <= _FUSED_MAX_C else []
-    candidates += [(128, 64, False), (64, 64, False), (128, 32, False), (256, 32, False), (32, 64, False)]
-    out = []
-    for block_p, block_c, fused in candidates:
-        for num_warps in (4, 8):
-            if _fits(2 * block_k * block_p + (3 * block_c * block_p + 2 * block_c * block_k) // 2, num_warps):
-                out.append({"BLOCK_P": block_p, "BLOCK_C": block_c, "FUSED": fused, "num_warps": num_warps,
-                            "num_stages": 2})
-                break
-    return out[:6] or [{"BLOCK_P": 32, "BLOCK_C": 32, "FUSED": False, "num_warps": 8, "num_stages": 2}]
-
-
-def _reproject_fwd_fixed(block_k: int, channels: int, device: torch.device) -> dict:
-    """The fixed reprojection-forward config: the interpreter's, or CUDA's first config when not autotuning."""
-    c_pow2 = max(16, _next_pow2(channels))
-    if _interpreter_policy(device):
-        fused = c_pow2 <= 256
-        return {"BLOCK_P": 128, "BLOCK_C": c_pow2 if fused else 64, "FUSED": fused, "num_warps": 4, "num_stages": 1}
-    return _reproject_fwd_configs(block_k, channels)[0]
-
-
 def grm_reproject_forward(x: Tensor, q: Tensor, v: Tensor) -> Tensor:
     """Node-to-pixel mapping with the residual, see :func:`grmseg.reference.grm_reproject`.
 
@@ -356,20 +478,16 @@ def grm_reproject_forward(x: Tensor, q: Tensor, v: Tensor) -> Tensor:
     k = q.shape[1]
     if _fallback(x, q, v, k=k):
         return _ref.grm_reproject(x, q, v)
-    triton, kmod, _ = _load()
+    target = _tl.target_of(x.device)
     y = torch.empty(bsz, c, p, device=x.device, dtype=x.dtype)
     block_k = _block_k(k)
-    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x, y), **_common(x)}
-
+    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x, y), **_common(x, target)}
     args = (x, q, v, y, c, p, k, x.stride(0), x.stride(1), x.stride(2), q.stride(0), q.stride(1), q.stride(2),
             v.stride(0), v.stride(1), v.stride(2))
+    configs = _reproject_fwd_configs(block_k, c, x.dtype, target)
     with _device_guard(x):
-        if _autotune_on(x.device):
-            fn = _tuned("grm_reproject_fwd_kernel", _freeze(_reproject_fwd_configs(block_k, c)), ("C", "P", "K"))
-            fn[lambda meta: (triton.cdiv(p, meta["BLOCK_P"]) * bsz,)](*args, **consts)
-        else:
-            cfg = _reproject_fwd_fixed(block_k, c, x.device)
-            kmod.grm_reproject_fwd_kernel[(triton.cdiv(p, cfg["BLOCK_P"]) * bsz,)](*args, **consts, **cfg)
+        _tl.launch(_REPROJECT, "grm_reproject_fwd_kernel", lambda m: (_cdiv(p, m["BLOCK_P"]) * bsz,), args, consts,
+                   configs, target, key=("C", "P", "K"), launch_key=(c, p, block_k, str(x.dtype)))
     return y
 
 
@@ -394,31 +512,12 @@ def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor) -> tuple
     args = (gy, x, q, v, gx, gq_part, gv_part, bsz, c, p, k, per, splits,
             gy.stride(0), gy.stride(1), gy.stride(2), x.stride(0), x.stride(1), x.stride(2),
             q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2))
-    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x, gy, gx), **_common(x)}
-    with _device_guard(x):
-        _launch_pixel_kernel("grm_reproject_bwd_kernel", x.device, block_k, c, 2, splits * bsz, args, consts)
+    consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x, gy, gx), **_common(x, _tl.target_of(x.device))}
+    _launch_pixel(_REPROJECT, "grm_reproject_bwd_kernel", "reproject_bwd", x, block_k, splits * bsz, args, consts)
     return gx, _reduce(gq_part, (0,), q.dtype), _reduce(gv_part, (0,), v.dtype)
 
 
 # -------------------------------------------------------------------------------------------- graph_conv
-def _graph_configs(block_k: int, first: str, second: str) -> list[dict]:
-    """Configs for a graph_conv kernel whose output block is [BLOCK_K, ``first``] and loop chunk ``second``."""
-    out = []
-    for blk, chunk, nw in ((64, 32, 4), (128, 32, 8), (32, 64, 4), (64, 64, 8)):
-        if block_k * blk <= 16384:
-            out.append({first: blk, second: chunk, "num_warps": nw, "num_stages": 2})
-    return out or [{first: 32, second: 32, "num_warps": 4, "num_stages": 2}]
-
-
-def _graph_fixed(device: torch.device, block_k: int) -> dict:
-    """The fixed graph_conv config (the interpreter's, or CUDA's when not autotuning; always backward's first
-    kernel, whose D block sets the shape of the adjacency partials)."""
-    if _interpreter_policy(device):
-        return {"BLOCK_F": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1}
-    blk = 64 if block_k <= 64 else 32
-    return {"BLOCK_F": 32, "BLOCK_D": blk, "num_warps": 4, "num_stages": 2}
-
-
 def graph_conv_forward(z: Tensor, adj: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
     """One GCN layer ``act(adj (z weight) + bias)``, see :func:`grmseg.reference.graph_conv`.
 
@@ -433,7 +532,7 @@ def graph_conv_forward(z: Tensor, adj: Tensor, weight: Tensor, bias: Tensor | No
     d = weight.shape[1]
     if _fallback(z, adj, weight, bias, k=k) or activation not in _ACTIVATION_CODE:
         return _ref.graph_conv(z, adj, weight, bias, activation)
-    triton, kmod, _ = _load()
+    target = _tl.target_of(z.device)
     out = torch.empty(bsz, k, d, device=z.device, dtype=z.dtype)
     block_k = _block_k(k)
     has_bias = bias is not None
@@ -441,15 +540,12 @@ def graph_conv_forward(z: Tensor, adj: Tensor, weight: Tensor, bias: Tensor | No
     args = (z, adj, weight, bias_arg, out, k, f, d,
             z.stride(0), z.stride(1), z.stride(2), adj.stride(0), adj.stride(1),
             weight.stride(0), weight.stride(1), bias.stride(0) if has_bias else 0)
-    consts = {"HAS_BIAS": has_bias, "ACTIVATION": _ACTIVATION_CODE[activation], "BLOCK_K": block_k, **_common(z)}
+    consts = {"HAS_BIAS": has_bias, "ACTIVATION": _ACTIVATION_CODE[activation], "BLOCK_K": block_k,
+              **_common(z, target)}
+    configs = _graph_configs("fwd", block_k, z.dtype, target)
     with _device_guard(z):
-        if _autotune_on(z.device):
-            fn = _tuned("graph_conv_fwd_kernel", _freeze(_graph_configs(block_k, "BLOCK_D", "BLOCK_F")),
-                        ("K", "F", "D"))
-            fn[lambda meta: (triton.cdiv(d, meta["BLOCK_D"]) * bsz,)](*args, **consts)
-        else:
-            cfg = _graph_fixed(z.device, block_k)
-            kmod.graph_conv_fwd_kernel[(triton.cdiv(d, cfg["BLOCK_D"]) * bsz,)](*args, **consts, **cfg)
+        _tl.launch(_GRAPH, "graph_conv_fwd_kernel", lambda m: (_cdiv(d, m["BLOCK_D"]) * bsz,), args, consts,
+                   configs, target, key=("K", "F", "D"), launch_key=(k, f, d, str(z.dtype)))
     return out
 
 
@@ -474,43 +570,41 @@ def graph_conv_backward(
     d = weight.shape[1]
     if _fallback(gout, out, z, adj, weight, bias, k=k) or activation not in _ACTIVATION_CODE:
         return _ref.graph_conv_backward(gout, out, z, adj, weight, bias, activation)
-    triton, kmod, _ = _load()
+    target = _tl.target_of(z.device)
     block_k = _block_k(k)
-    common = _common(z)
-    fixed = _graph_fixed(z.device, block_k)
-    # kernel 1's D block fixes the shape of the adjacency partials, so it is not tuned
-    block_d1 = fixed["BLOCK_D"]
-    num_db = triton.cdiv(d, block_d1)
+    common = _common(z, target)
+    act = _ACTIVATION_CODE[activation]
+    adj_configs = _graph_configs("bwd_adj", block_k, z.dtype, target)
+    # The adjacency partials have a slot per D block: every candidate has the first one's BLOCK_D, so the slots
+    # any config writes are the same (an autotuning run of another width would leave stale slots behind).
+    adj_configs = [cfg for cfg in adj_configs if cfg["BLOCK_D"] == adj_configs[0]["BLOCK_D"]]
+    num_db = _cdiv(d, adj_configs[0]["BLOCK_D"])
     gzw = torch.empty(bsz, k, d, device=z.device, dtype=torch.float32)
     gadj_part = torch.empty(bsz, num_db, k, k, device=z.device, dtype=torch.float32)
     gbias_part = torch.empty(bsz, d, device=z.device, dtype=torch.float32)
     gz = torch.empty(bsz, k, f, device=z.device, dtype=z.dtype)
     gweight = torch.empty(f, d, device=z.device, dtype=weight.dtype)
-    tune = _autotune_on(z.device)
+    shapes = (k, f, d, str(z.dtype))
+    grad_strides = (gout.stride(0), gout.stride(1), gout.stride(2), out.stride(0), out.stride(1), out.stride(2))
     with _device_guard(z):
-        kmod.graph_conv_bwd_pre_kernel[(num_db * bsz,)](
-            gout, out, z, adj, weight, gzw, gadj_part, gbias_part, bsz, k, f, d,
-            gout.stride(0), gout.stride(1), gout.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            z.stride(0), z.stride(1), z.stride(2), adj.stride(0), adj.stride(1), weight.stride(0), weight.stride(1),
-            ACTIVATION=_ACTIVATION_CODE[activation], BLOCK_K=block_k, **common, **fixed,
-        )
-        z_args = (gzw, weight, gz, k, f, d, weight.stride(0), weight.stride(1))
-        w_args = (z, gzw, gweight, bsz, k, f, d, z.stride(0), z.stride(1), z.stride(2))
-        if tune:
-            fz = _tuned("graph_conv_bwd_z_kernel", _freeze(_graph_configs(block_k, "BLOCK_F", "BLOCK_D")),
-                        ("K", "F", "D"))
-            fz[lambda meta: (triton.cdiv(f, meta["BLOCK_F"]) * bsz,)](*z_args, BLOCK_K=block_k, **common)
-            fw = _tuned("graph_conv_bwd_w_kernel", _freeze(_graph_configs(block_k, "BLOCK_F", "BLOCK_D")),
-                        ("K", "F", "D"))
-            fw[lambda meta: (triton.cdiv(f, meta["BLOCK_F"]) * triton.cdiv(d, meta["BLOCK_D"]),)](
-                *w_args, BLOCK_K=block_k, **common
-            )
-        else:
-            kmod.graph_conv_bwd_z_kernel[(triton.cdiv(f, fixed["BLOCK_F"]) * bsz,)](
-                *z_args, BLOCK_K=block_k, **common, **fixed
-            )
-            grid_w = (triton.cdiv(f, fixed["BLOCK_F"]) * triton.cdiv(d, fixed["BLOCK_D"]),)
-            kmod.graph_conv_bwd_w_kernel[grid_w](*w_args, BLOCK_K=block_k, **common, **fixed)
+        _tl.launch(_GRAPH, "graph_conv_bwd_pre_kernel", lambda m: (_cdiv(d, m["BLOCK_D"]) * bsz,),
+                   (gout, out, adj, weight, gzw, gbias_part, k, d, *grad_strides, adj.stride(0), adj.stride(1)),
+                   {"ACTIVATION": act, "BLOCK_K": block_k, **common},
+                   _graph_configs("bwd_pre", block_k, z.dtype, target), target, key=("K", "D"), launch_key=shapes)
+        _tl.launch(_GRAPH, "graph_conv_bwd_adj_kernel", lambda m: (_cdiv(d, m["BLOCK_D"]) * bsz,),
+                   (gout, out, z, weight, gadj_part, k, f, d, num_db, *grad_strides,
+                    z.stride(0), z.stride(1), z.stride(2), weight.stride(0), weight.stride(1)),
+                   {"ACTIVATION": act, "BLOCK_K": block_k, **common}, adj_configs, target, key=("K", "F", "D"),
+                   launch_key=shapes)
+        _tl.launch(_GRAPH, "graph_conv_bwd_z_kernel", lambda m: (_cdiv(f, m["BLOCK_F"]) * bsz,),
+                   (gzw, weight, gz, k, f, d, weight.stride(0), weight.stride(1)), {"BLOCK_K": block_k, **common},
+                   _graph_configs("bwd_z", block_k, z.dtype, target), target, key=("K", "F", "D"),
+                   launch_key=shapes)
+        _tl.launch(_GRAPH, "graph_conv_bwd_w_kernel",
+                   lambda m: (_cdiv(f, m["BLOCK_F"]) * _cdiv(d, m["BLOCK_D"]),),
+                   (z, gzw, gweight, bsz, k, f, d, z.stride(0), z.stride(1), z.stride(2)), common,
+                   _graph_configs("bwd_w", block_k, z.dtype, target), target, key=("K", "F", "D"),
+                   launch_key=shapes)
     gadj = _reduce(gadj_part, (0, 1), adj.dtype)
     gbias = _reduce(gbias_part, (0,), bias.dtype) if bias is not None else None
     return gz, gadj, gweight, gbias

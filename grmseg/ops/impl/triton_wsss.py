@@ -6,7 +6,10 @@ module picks grids and block sizes and is meant to be imported by the Triton bac
 ``grmseg.ops._backends``: validated inputs (any strides), contiguous outputs in the input dtype.
 
 Availability is the Triton backend's: CUDA tensors, and CPU tensors under the interpreter (``TRITON_INTERPRET=1``),
-where every program instance is expensive, so the blocks are large and the programs few.
+where every program instance is expensive, so the blocks are large and the programs few. Launches go through
+``grmseg.ops.impl.triton_launch`` (one fixed config each: the cam and walk buffers depend on the block sizes),
+so ``tests/test_gpu_compile.py`` compiles exactly the configs used here for sm_80 and sm_90 and checks that they
+fit (no spill, shared memory within the limit).
 
 Numerics: fp32 accumulation and fp32 random-walk state for every dtype. Fallbacks (same math): float64 inputs and
 empty tensors go to ``grmseg.reference``, except ``random_walk``, whose float64 path is the local PyTorch walk
@@ -16,12 +19,12 @@ empty tensors go to ``grmseg.reference``, except ``random_walk``, whose float64 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import Tensor
 
 from grmseg import reference as _ref
+from grmseg.ops.impl import triton_launch as _tl
 from grmseg.ops.impl.local_walk import random_walk_local
 
 __all__ = [
@@ -36,25 +39,28 @@ __all__ = [
 WSSS_KERNELS = frozenset(
     {"cam_forward", "local_affinity_forward", "boundary_affinity_forward", "random_walk_forward"}
 )
-#: ``tl.dot`` input precision for fp32 cam operands on a GPU ("tf32x3": ~fp32 accuracy on the tensor cores).
-FP32_PRECISION = "tf32x3"
+#: ``tl.dot`` input precision for fp32 cam operands on a GPU: exact fp32 FMA ("ieee"), as the GRM kernels (the
+#: 3xTF32 split triples the operand registers).
+FP32_PRECISION = "ieee"
 #: On a GPU, maps with at most this many pixels run every random-walk step in one launch (one program per
-#: (image, class block) walks the whole map); larger maps get one launch per step, so every SM has work.
+#: (image, class) walks the whole map); larger maps get one launch per step, with enough pixel blocks that every
+#: SM has work (at least ``_WALK_PROGRAMS_PER_SM`` programs per SM).
 FUSED_WALK_MAX_PIXELS = 1024
+_WALK_PROGRAMS_PER_SM = 4
 _INT32_MAX = 2**31 - 1
 #: Interpreter: the largest [BLOCK_N, BLOCK_K, BLOCK_P] gather of the hoisted fused walk, and of other tiles.
 _INTERP_HOIST_ELEMS = 2**22
 _INTERP_TILE_ELEMS = 2**18
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
+_CAM = "grmseg.triton.cam"
+_AFFINITY = "grmseg.triton.affinity"
+_WALK = "grmseg.triton.random_walk"
 
 
-def _kernels():
-    from grmseg.triton import affinity, cam, random_walk
-
-    return cam, affinity, random_walk
+def _launch(module: str, kernel: str, grid: tuple[int, ...], args: tuple, config: dict, device: torch.device) -> None:
+    """One launch of ``module.kernel`` with one fixed ``config`` (constexprs, num_warps, num_stages)."""
+    _tl.launch(module, kernel, lambda _: grid, args, {}, [config], _tl.target_of(device), key=())
 
 
 def _next_pow2(n: int) -> int:
@@ -115,41 +121,45 @@ def cam_forward(feat: Tensor, weight: Tensor, labels: Tensor | None) -> Tensor:
     p = h * w
     if feat.dtype == torch.float64 or feat.numel() == 0 or weight.numel() == 0:
         return _ref.cam(feat, weight, labels).contiguous()
-    ck, _, _ = _kernels()
-    interp = feat.device.type != "cuda"
+    target = _tl.target_of(feat.device)
+    interp = target.interpreter
     if interp:
         block_p = max(16, min(_next_pow2(p), 1024))
         block_c = max(16, min(_next_pow2(c), 128))
         block_k = max(16, min(_next_pow2(k), 128))
         num_warps = 4
     else:
-        block_p, block_c, block_k, num_warps = 128, 32, max(16, min(_next_pow2(k), 64)), 4
+        block_p, block_c, block_k, num_warps = _cam_tile(k, feat.dtype)
     npb, nkb = _cdiv(p, block_p), _cdiv(k, block_k)
     raw = torch.empty(bsz, k, h, w, dtype=torch.float32, device=feat.device)
     pmax = torch.empty(bsz, npb, k, dtype=torch.float32, device=feat.device)
     out = raw if feat.dtype == torch.float32 else torch.empty(bsz, k, h, w, dtype=feat.dtype, device=feat.device)
     int64 = _needs_int64(_extent(feat), raw.numel())
     grid = (bsz * npb * nkb,)
-    ck.cam_project_kernel[grid](
-        feat, weight, raw, pmax,
-        c, w, p, k, npb, nkb,
-        *feat.stride(), *weight.stride(),
-        BLOCK_K=block_k, BLOCK_C=block_c, BLOCK_P=block_p,
-        UPCAST=interp and feat.dtype == torch.bfloat16, PRECISION="ieee" if interp else FP32_PRECISION,
-        INT64=int64, num_warps=num_warps,
-    )
+    stages = 2 if feat.dtype != torch.float32 else 1
+    _launch(_CAM, "cam_project_kernel", grid,
+            (feat, weight, raw, pmax, c, w, p, k, npb, nkb, *feat.stride(), *weight.stride()),
+            {"BLOCK_K": block_k, "BLOCK_C": block_c, "BLOCK_P": block_p,
+             "UPCAST": interp and feat.dtype == torch.bfloat16, "PRECISION": "ieee" if interp else FP32_PRECISION,
+             "INT64": int64, "num_warps": num_warps, "num_stages": 1 if interp else stages}, feat.device)
     if labels is not None:
         keep = (labels != 0).to(torch.float32).contiguous()
     else:
         keep = pmax  # unused (HAS_LABELS=False)
     block_n = max(16, min(_next_pow2(npb), 64))
-    ck.cam_normalise_kernel[grid](
-        raw, pmax, keep, out,
-        p, k, npb, nkb, _ref.CAM_EPS,
-        HAS_LABELS=labels is not None, BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=block_n, INT64=int64,
-        num_warps=num_warps,
-    )
+    _launch(_CAM, "cam_normalise_kernel", grid, (raw, pmax, keep, out, p, k, npb, nkb, _ref.CAM_EPS),
+            {"HAS_LABELS": labels is not None, "BLOCK_K": block_k, "BLOCK_P": block_p, "BLOCK_N": block_n,
+             "INT64": int64, "num_warps": num_warps, "num_stages": 1}, feat.device)
     return out
+
+
+def _cam_tile(k: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """``(BLOCK_P, BLOCK_C, BLOCK_K, num_warps)`` of the cam projection on a GPU: 128 pixels x up to 64 classes
+    per program, 32-channel chunks (fp32: exact FMA dots, 64 pixels so the fp32 tiles fit the registers)."""
+    block_k = max(16, min(_next_pow2(k), 64))
+    if dtype == torch.float32:
+        return 64, 32, block_k, 4
+    return 128, 32, block_k, 4
 
 
 # ----------------------------------------------------------------------------------------------- affinities
@@ -174,17 +184,14 @@ def local_affinity_forward(feat: Tensor, radius: int) -> Tensor:
     d = len(offs)
     if feat.dtype == torch.float64 or feat.numel() == 0 or d == 0:
         return _ref.local_affinity(feat, radius).contiguous()
-    _, ak, _ = _kernels()
     p = h * w
-    block_d, block_p, num_warps = _affinity_blocks(d, p, feat.device.type != "cuda")
+    block_d, block_p, num_warps = _affinity_blocks(d, p, _tl.target_of(feat.device).interpreter)
     npb, ndb = _cdiv(p, block_p), _cdiv(d, block_d)
     out = torch.empty(bsz, d, h, w, dtype=feat.dtype, device=feat.device)
-    ak.local_affinity_kernel[(bsz * npb * ndb,)](
-        feat, _offsets_tensor(radius, feat.device), out,
-        c, h, w, d, npb, ndb,
-        *feat.stride(),
-        BLOCK_D=block_d, BLOCK_P=block_p, INT64=_needs_int64(_extent(feat), out.numel()), num_warps=num_warps,
-    )
+    _launch(_AFFINITY, "local_affinity_kernel", (bsz * npb * ndb,),
+            (feat, _offsets_tensor(radius, feat.device), out, c, h, w, d, npb, ndb, *feat.stride()),
+            {"BLOCK_D": block_d, "BLOCK_P": block_p, "INT64": _needs_int64(_extent(feat), out.numel()),
+             "num_warps": num_warps, "num_stages": 1}, feat.device)
     return out
 
 
@@ -201,27 +208,29 @@ def boundary_affinity_forward(boundary: Tensor, radius: int) -> Tensor:
     d = len(_ref.affinity_offsets(radius))
     if boundary.dtype == torch.float64 or boundary.numel() == 0 or d == 0:
         return _ref.boundary_affinity(boundary, radius).contiguous()
-    _, ak, _ = _kernels()
     p = h * w
-    block_d, block_p, num_warps = _affinity_blocks(d, p, boundary.device.type != "cuda")
+    block_d, block_p, num_warps = _affinity_blocks(d, p, _tl.target_of(boundary.device).interpreter)
     npb, ndb = _cdiv(p, block_p), _cdiv(d, block_d)
     paths, length = _paths_tensor(radius, boundary.device)
     out = torch.empty(bsz, d, h, w, dtype=boundary.dtype, device=boundary.device)
     sb, _, sh, sw = boundary.stride()
-    ak.boundary_affinity_kernel[(bsz * npb * ndb,)](
-        boundary, _offsets_tensor(radius, boundary.device), paths, out,
-        h, w, d, length, npb, ndb,
-        sb, sh, sw,
-        BLOCK_D=block_d, BLOCK_P=block_p, INT64=_needs_int64(_extent(boundary), out.numel()),
-        num_warps=num_warps,
-    )
+    _launch(_AFFINITY, "boundary_affinity_kernel", (bsz * npb * ndb,),
+            (boundary, _offsets_tensor(radius, boundary.device), paths, out, h, w, d, length, npb, ndb, sb, sh, sw),
+            {"BLOCK_D": block_d, "BLOCK_P": block_p, "INT64": _needs_int64(_extent(boundary), out.numel()),
+             "num_warps": num_warps, "num_stages": 1}, boundary.device)
     return out
 
 
 # ---------------------------------------------------------------------------------------------- random walk
-def _walk_blocks(k: int, p: int, nn: int, interp: bool, fused: bool) -> tuple[int, int, int, bool]:
-    """``(BLOCK_K, BLOCK_P, BLOCK_N, HOIST)`` of the pass kernels for K classes, P pixels, NN neighbours."""
-    if interp:  # few, large programs: the whole neighbourhood in one gather, the whole map in one tile if it fits
+def _walk_blocks(bsz: int, k: int, p: int, nn: int, target: _tl.Target, fused: bool) -> tuple[int, int, int, bool]:
+    """``(BLOCK_K, BLOCK_P, BLOCK_N, HOIST)`` of the pass kernels for B images, K classes, P pixels, NN neighbours.
+
+    Interpreter: few, large programs (the whole neighbourhood in one gather, the whole map in one tile if it fits).
+    GPU, fused (small maps): a program per (image, class) walks the map in 256-pixel tiles, so B K programs run.
+    GPU, one launch per pass: 4 classes x BLOCK_P pixels per program, BLOCK_P the largest of 128, 64, 32 that
+    still gives ``_WALK_PROGRAMS_PER_SM`` programs per SM (a 64 x 64 map of 21 classes: 32 pixels, 768 programs).
+    """
+    if target.interpreter:
         block_k, block_n = _next_pow2(k), _next_pow2(nn)
         block_p = max(16, _next_pow2(p))
         hoist = fused and block_p * block_k * block_n <= _INTERP_HOIST_ELEMS
@@ -229,8 +238,13 @@ def _walk_blocks(k: int, p: int, nn: int, interp: bool, fused: bool) -> tuple[in
             block_p = max(16, min(block_p, _INTERP_TILE_ELEMS // (block_k * block_n)))
         return block_k, block_p, block_n, hoist
     if fused:
-        return min(_next_pow2(k), 4), max(16, min(_next_pow2(p), 256)), 4, False
-    return min(_next_pow2(k), 8), 128, 4, False
+        return 1, max(16, min(_next_pow2(p), 256)), 4, False
+    block_k = min(_next_pow2(k), 4)
+    programs = bsz * _cdiv(k, block_k)
+    block_p = 128
+    while block_p > 32 and programs * _cdiv(p, block_p) < _WALK_PROGRAMS_PER_SM * target.sms:
+        block_p //= 2
+    return block_k, block_p, 4, False
 
 
 def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused: bool | None = None) -> Tensor:
@@ -252,9 +266,9 @@ def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused
         return cam.clone(memory_format=torch.contiguous_format)
     d = aff.shape[1]
     radius = _ref.radius_from_offsets(d)
-    _, _, rk = _kernels()
-    interp = cam.device.type != "cuda"
     dev = cam.device
+    target = _tl.target_of(dev)
+    interp = target.interpreter
     offs = _offsets_tensor(radius, dev)
     int64 = _needs_int64(2 * bsz * k * p, bsz * 2 * d * p * 2, _extent(aff))
 
@@ -266,13 +280,9 @@ def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused
     else:
         wd, wp = max(2, min(_next_pow2(d), 16)), 128
     npb_w = _cdiv(p, wp)
-    rk.rw_weights_kernel[(bsz * npb_w,)](
-        aff, offs, wts, beta,
-        h, w, d, npb_w,
-        *aff.stride(),
-        BETA_INT=beta_int, BETA_ODD=beta_int and int(beta) % 2 == 1, BLOCK_D=wd, BLOCK_P=wp, INT64=int64,
-        num_warps=4,
-    )
+    _launch(_WALK, "rw_weights_kernel", (bsz * npb_w,), (aff, offs, wts, beta, h, w, d, npb_w, *aff.stride()),
+            {"BETA_INT": beta_int, "BETA_ODD": beta_int and int(beta) % 2 == 1, "BLOCK_D": wd, "BLOCK_P": wp,
+             "INT64": int64, "num_warps": 4, "num_stages": 1}, dev)
 
     state = torch.empty(2, bsz, k, p, dtype=torch.float32, device=dev)
     state[0].copy_(cam.reshape(bsz, k, p))
@@ -280,22 +290,22 @@ def random_walk_forward(cam: Tensor, aff: Tensor, beta: float, steps: int, fused
     nn = 2 * d
     if fused is None:
         fused = interp or p <= FUSED_WALK_MAX_PIXELS
-    block_k, block_p, block_n, hoist = _walk_blocks(k, p, nn, interp, fused)
+    block_k, block_p, block_n, hoist = _walk_blocks(bsz, k, p, nn, target, fused)
     nkb = _cdiv(k, block_k)
     if fused:
-        rk.rw_fused_kernel[(bsz * nkb,)](
-            state, wts, nb, steps,
-            bsz * k * p, k, h, w, nn, nkb,
-            BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=block_n, HOIST=hoist, INT64=int64, num_warps=4,
-        )
+        _launch(_WALK, "rw_fused_kernel", (bsz * nkb,), (state, wts, nb, steps, bsz * k * p, k, h, w, nn, nkb),
+                {"BLOCK_K": block_k, "BLOCK_P": block_p, "BLOCK_N": block_n, "HOIST": hoist, "INT64": int64,
+                 "num_warps": 4, "num_stages": 1}, dev)
     else:
         npb = _cdiv(p, block_p)
         grid = (bsz * nkb * npb,)
+        config = {"BLOCK_K": block_k, "BLOCK_P": block_p, "BLOCK_N": block_n, "INT64": int64, "num_warps": 4,
+                  "num_stages": 1}
+        run = _tl.launcher(_WALK, "rw_step_kernel", config, target)
+        bufs = (state[0], state[1])
         for s in range(steps):
-            rk.rw_step_kernel[grid](
-                state[s % 2], state[(s + 1) % 2], wts, nb,
-                k, h, w, nn, npb, nkb,
-                BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=block_n, INT64=int64, num_warps=4,
-            )
+            run(grid, bufs[s % 2], bufs[(s + 1) % 2], wts, nb, k, h, w, nn, npb, nkb)
+            if _tl.is_recording():
+                break  # every pass is the same launch
     out = state[steps % 2].reshape(bsz, k, h, w)
     return out.clone() if cam.dtype == torch.float32 else out.to(cam.dtype)

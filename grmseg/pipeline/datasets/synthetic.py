@@ -106,7 +106,8 @@ def make_sample(seed: int, split: str, index: int, size: int | tuple[int, int] =
     Args:
         seed: dataset seed.  split: ``"train"``, ``"val"`` or ``"test"``.  index: sample index >= 0.
         size: image side in pixels, or ``(height, width)``. The same ``(seed, split, index)`` gives the same scene
-            (classes, relative positions, colours) at every size; object sizes follow the shorter side.
+            (classes, relative positions, colours) at every size; object sizes follow ``sqrt(height * width)``, so
+            objects cover the same share of the image at every size and aspect.
 
     Returns:
         ``{"id", "image": uint8 [H, W, 3], "mask": uint8 [H, W], "labels": float32 [6]}``.
@@ -114,7 +115,7 @@ def make_sample(seed: int, split: str, index: int, size: int | tuple[int, int] =
     if split not in _SPLIT_SEED:
         raise ValueError(f"synthetic dataset: split must be one of {list(_SPLIT_SEED)}, got {split!r}")
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    short = min(height, width)
+    side = float(np.sqrt(height * width))
     rng = np.random.default_rng([seed, _SPLIT_SEED[split], index])
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     img = _background(height, width, rng, yy, xx)
@@ -133,7 +134,7 @@ def make_sample(seed: int, split: str, index: int, size: int | tuple[int, int] =
     rng.shuffle(objects)
     for c in objects:
         shape, tex, colour = _STYLE[c]
-        r = rng.uniform(0.13, 0.24) * short
+        r = rng.uniform(0.13, 0.24) * side
         cy, cx = rng.uniform(r * 0.8, height - r * 0.8), rng.uniform(r * 0.8, width - r * 0.8)
         m = _shape_mask(shape, yy, xx, cy, cx, r, rng)
         col = np.clip(np.array(colour) + rng.uniform(-30, 30, size=3), 0, 255)
@@ -194,19 +195,20 @@ def dataset_class_index(synthetic_class: int, dataset: str = "voc") -> int:
     return class_names(dataset).index(_NAMES_IN[dataset].get(name, name))
 
 
-def _odd_side(rng: np.random.Generator, lo: int, hi: int) -> int:
+def _side(rng: np.random.Generator, lo: int, hi: int, odd_only: bool) -> int:
     while True:
         side = int(rng.integers(lo, hi + 1))
-        if side % 16:
+        if side % 16 or not odd_only:
             return side
 
 
 def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int = 1024, val_images: int = 128,
-                 seed: int = 0, min_size: int = 61, max_size: int = 95, quality: int = 95) -> Path:
+                 seed: int = 0, min_size: int = 61, max_size: int = 95, quality: int = 95,
+                 odd_only: bool = True) -> Path:
     """Write the synthetic scenes as a PASCAL VOC 2012 or COCO-2014 folder, at sizes that are no multiple of 16.
 
     Image ``i`` of a split is the scene of :func:`make_sample` ``(seed, split, i)`` at a height and width drawn
-    from ``[min_size, max_size]`` (skipping multiples of 16), saved as a JPEG (``quality``, no chroma
+    from ``[min_size, max_size]`` (skipping multiples of 16 when ``odd_only``), saved as a JPEG (``quality``, no chroma
     subsampling, so that colour edges survive as in a good photograph) with its mask in the
     dataset's class indices as a palette PNG. VOC: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``,
     ``ImageSets/Segmentation/{train,train_aug,val}.txt``. COCO: ``JPEGImages/<split>2014/``,
@@ -224,6 +226,8 @@ def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int
         raise ValueError(f"write_layout: layout must be one of {list(_NAMES_IN)}, got {layout!r}")
     if not 16 <= min_size <= max_size:
         raise ValueError(f"write_layout: need 16 <= min_size <= max_size, got {min_size}, {max_size}")
+    if odd_only and all(v % 16 == 0 for v in range(min_size, max_size + 1)):
+        raise ValueError(f"write_layout: every size in [{min_size}, {max_size}] is a multiple of 16 (odd_only)")
     root = Path(root)
     lut = np.array([dataset_class_index(c, layout) for c in range(len(SYNTHETIC_CLASSES))], np.uint8)
     pal = voc_palette()
@@ -234,7 +238,7 @@ def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int
         ids = []
         for i in range(n):
             rng = np.random.default_rng([seed, _SPLIT_SEED[split], i, 16])
-            size = (_odd_side(rng, min_size, max_size), _odd_side(rng, min_size, max_size))
+            size = (_side(rng, min_size, max_size, odd_only), _side(rng, min_size, max_size, odd_only))
             smp = make_sample(seed, split, i, size)
             Image.fromarray(smp["image"]).save(images / f"{smp['id']}.jpg", quality=quality, subsampling=0)
             save_png_atomic(masks / f"{smp['id']}.png", lut[smp["mask"]], pal)

@@ -13,7 +13,7 @@ train-seg      :mod:`.train_seg`           ``seg/model.pt`` (``seg_nogrm/`` with
 eval           :mod:`.evaluate`            ``eval/{eval.json, table.md, confusion_*.csv}``, predictions
 =============  ==========================  =======================================================
 
-Also in the run folder: ``config.json`` (the settings of the first stage run), ``log.txt``, epoch checkpoints
+Also in the run folder: ``config.json`` (the settings of the last stage that finished), ``log.txt``, epoch checkpoints
 in each training stage's folder, and ``report.md`` with ``figures/examples.png`` (:mod:`grmseg.pipeline.report`).
 Every stage skips the work already done (finished models, existing CAM / mask files) and resumes training from
 the last epoch checkpoint; training stages run data-parallel under torchrun (DDP).

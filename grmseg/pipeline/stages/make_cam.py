@@ -18,7 +18,16 @@ from grmseg.models.wsss import MultiLabelClassifier
 from grmseg.pipeline import pseudo_masks as pm
 from grmseg.pipeline import runtime as rt
 from grmseg.pipeline.cam_aggregation import multiscale_cams
-from grmseg.pipeline.common import files_to_write, load_cam, open_dataset, save_cam, stage_device, to_tensor
+from grmseg.pipeline.common import (
+    files_to_write,
+    load_cam,
+    open_dataset,
+    record_settings,
+    save_cam,
+    stage_device,
+    stamp_folder,
+    to_tensor,
+)
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.stages.train_cls import load_classifier
 
@@ -48,6 +57,7 @@ def make_cam(cfg: PipelineConfig) -> Path:
     model, _ = load_classifier(cfg, dev)
     ds = open_dataset(cfg, cfg.cam_split)
     out = Path(cfg.run_dir) / "cams"
+    stamp_folder(cfg, "make-cam", out)
     todo = files_to_write(ds, out, ".npz", load_cam)
     t0 = time.perf_counter()
     for i in rt.progress(todo, len(todo), "make-cam", cfg.progress):
@@ -58,6 +68,7 @@ def make_cam(cfg: PipelineConfig) -> Path:
         keys = torch.nonzero(lab).flatten().to(dev)
         save_cam(out / f"{s['id']}.npz", (keys + 1).cpu().numpy(), cam[keys].cpu().numpy(), high[keys].cpu().numpy(),
                  cfg.cam_stride)
+    record_settings(cfg)
     rt.barrier()
     log.info(f"[make-cam] {len(todo)} new CAM files in {out} ({time.perf_counter() - t0:.1f} s; "
              f"scales {list(cfg.cam_scales)}, flip {cfg.cam_flip}, {cfg.cam_method})")

@@ -28,7 +28,16 @@ from grmseg import ops
 from grmseg.geometry import resample, strided_size
 from grmseg.pipeline import pseudo_masks as pm
 from grmseg.pipeline import runtime as rt
-from grmseg.pipeline.common import files_to_write, load_cam, open_dataset, stage_device, to_rgb, to_tensor
+from grmseg.pipeline.common import (
+    files_to_write,
+    load_cam,
+    open_dataset,
+    record_settings,
+    stage_device,
+    stamp_folder,
+    to_rgb,
+    to_tensor,
+)
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.crf import crf_probabilities
 from grmseg.pipeline.datasets import load_mask, save_png_atomic, voc_palette
@@ -124,6 +133,7 @@ def refine(cfg: PipelineConfig) -> Path:
     refiner = Refiner(cfg, dev)
     ds = open_dataset(cfg, cfg.cam_split)
     cams, out = Path(cfg.run_dir) / "cams", Path(cfg.run_dir) / "pseudo"
+    stamp_folder(cfg, "refine", out)
     pal = voc_palette()
     todo = files_to_write(ds, out, ".png", lambda p: load_mask(p, ds.num_classes))
     t0 = time.perf_counter()
@@ -131,6 +141,7 @@ def refine(cfg: PipelineConfig) -> Path:
         s = ds[i]
         mask = refiner(to_tensor(s["image"]).to(dev), load_cam(cams / f"{s['id']}.npz"))
         save_png_atomic(out / f"{s['id']}.png", mask, pal)
+    record_settings(cfg)
     rt.barrier()
     log.info(f"[refine] {len(todo)} new pseudo masks in {out} ({time.perf_counter() - t0:.1f} s; {cfg.aff_source} "
              f"affinity, radius {cfg.aff_radius}, beta {cfg.rw_beta}, {cfg.rw_steps} steps, dense CRF "

@@ -54,7 +54,8 @@ def train_aff(cfg: PipelineConfig) -> Path:
                         label_stride=model.backbone.output_stride)
     groups = [{"params": list(model.backbone.parameters()), "lr": cfg.aff_lr * 0.1},
               {"params": list(model.head.parameters()), "lr": cfg.aff_lr}]
-    core = train_loop(cfg, "aff", model, view, cfg.cls_batch, cfg.aff_epochs, groups, loss_fn, dev, world)
+    core = train_loop(cfg, "aff", model, view, cfg.cls_batch, cfg.aff_epochs, groups, loss_fn, dev, world,
+                      settings="train-aff")
     save_stage_model(cfg, "train-aff", final, core)
     return final
 

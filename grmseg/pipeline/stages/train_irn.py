@@ -93,7 +93,7 @@ def train_irn(cfg: PipelineConfig) -> Path:
     if not cfg.irn_freeze_backbone:
         groups.append({"params": list(model.backbone.parameters()), "lr": cfg.irn_lr * cfg.irn_backbone_lr})
     core = train_loop(cfg, "irn", model, view, cfg.irn_batch, cfg.irn_epochs, groups, boundary_loss(cfg.irn_radius),
-                      dev, world)
+                      dev, world, settings="train-irn")
     save_stage_model(cfg, "train-irn", final, core)
     return final
 

@@ -89,7 +89,7 @@ def train_seg(cfg: PipelineConfig) -> Path:
     groups = [{"params": backbone, "lr": cfg.seg_lr * (0.1 if pretrained else 1.0)},
               {"params": [p for p in model.parameters() if id(p) not in skip], "lr": cfg.seg_lr}]
     core = train_loop(cfg, stage, model, view, cfg.seg_batch, cfg.seg_epochs, groups, loss_fn, dev, world,
-                      iterations=cfg.seg_iterations)
+                      iterations=cfg.seg_iterations, settings="train-seg")
     save_stage_model(cfg, "train-seg", final, core, class_names=ds.class_names)
     return final
 
