@@ -193,3 +193,15 @@ def test_speedup_falls_back_to_the_external_baseline():
     rows = [row("reference", 2.0), row("csrc", 1.0), row("pydensecrf", 3.0)]
     report.add_speedups(rows, ["pydensecrf"])
     assert rows[1].speedup == 2.0 and rows[1].speedup_vs == "reference"
+
+
+def test_interleaved_rows_on_quick_sizes():
+    from benchmarks import interleaved
+
+    rows = interleaved.compare(["cam", "random_walk"], [1], rounds=2, sizes="quick", log=lambda s: None)
+    assert [r["op"] for r in rows] == ["cam", "random_walk"]
+    for r in rows:
+        assert r["csrc_ms"] > 0 and r["ref_ms"] > 0 and r["ratio"] > 0 and r["of_sgemm"] > 0 and r["threads"] == 1
+    assert "| cam | fwd |" in interleaved.format_markdown(rows)
+    rows = interleaved.compare(["random_walk"], [1], rounds=1, sizes="quick", dense_max_pixels=1, log=lambda s: None)
+    assert "ref_ms" not in rows[0] and "not run (dense)" in interleaved.format_markdown(rows)

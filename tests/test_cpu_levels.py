@@ -154,4 +154,7 @@ def test_auto_skips_the_gemm_kernels_at_the_x86_baseline():
     from grmseg.ops.impl import csrc
 
     if _ext.cpu_capability() != "default":
-        assert csrc.NOT_AUTO == {} and grmseg.ops.selected("grm_project_forward", "cpu") == "csrc"
+        assert csrc.NOT_AUTO == {"cpu": csrc.SLOWER_ON_CPU}
+        assert grmseg.ops.selected("grm_project_forward", "cpu") == "csrc"
+        assert grmseg.ops.selected("graph_conv_forward", "cpu") == "reference"
+        assert grmseg.ops.selected("graph_conv_forward", "cpu", "csrc") == "csrc"
