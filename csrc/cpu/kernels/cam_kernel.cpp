@@ -5,6 +5,7 @@
 #include "cpu/kernels/cam_kernel.h"
 
 #include "cpu/kernels/gemm.h"
+#include "wsss.h"
 
 namespace grmseg {
 namespace cpu {
@@ -43,8 +44,9 @@ void cam_scores(const CamArgs<T>& a, int64_t begin, int64_t end) {
           mx = at::vec::maximum(mx, v);
         }
         const int64_t k = classes[r];
-        maxima[k] = std::max(maxima[k], at::vec::vec_reduce_all<acc_t>(
-                                            [](const V& x, const V& y) { return at::vec::maximum(x, y); }, mx));
+        // NaN-propagating maxima throughout (at::vec::maximum, wsss::nan_max), as the reference's amax
+        maxima[k] = wsss::nan_max(maxima[k], at::vec::vec_reduce_all<acc_t>(
+                                                 [](const V& x, const V& y) { return at::vec::maximum(x, y); }, mx));
         std::copy(s, s + np, a.raw + (bi * K + k) * P + p0);
       }
     }
@@ -65,7 +67,7 @@ void cam_normalize(const CamArgs<T>& a, int64_t begin, int64_t end) {
       continue;
     }
     acc_t mx = acc_t(0);
-    for (int64_t c = 0; c < a.chunks; ++c) mx = std::max(mx, a.maxima[(bi * a.chunks + c) * K + k]);
+    for (int64_t c = 0; c < a.chunks; ++c) mx = wsss::nan_max(mx, a.maxima[(bi * a.chunks + c) * K + k]);
     const acc_t inv = acc_t(1) / (mx + static_cast<acc_t>(kCamEps));
     const acc_t* raw = a.raw + row * P;
     if constexpr (std::is_same_v<T, acc_t>) {
