@@ -11,7 +11,14 @@ Environment variables:
     CUDA_HOME / CUDA_PATH   the CUDA toolkit (default: /usr/local/cuda, else the toolkit of the nvcc on PATH,
                             wrapper scripts resolved, else PyTorch's own guess).
     TORCH_CUDA_ARCH_LIST    GPU architectures (default with no visible GPU: "8.0;9.0+PTX"; with one: its own).
+    GRMSEG_CPU_LEVELS       instruction-set levels of the CPU kernels to build, e.g. "default" for a quick
+                            build (default: every level the target allows: default,avx2,avx512 on x86-64).
     MAX_JOBS                parallel compile jobs.
+
+The CPU kernels (``csrc/cpu/kernels/*.cpp``) are compiled once per instruction-set level, each time with
+CPU_CAPABILITY=<LEVEL> and that level's flags, as ATen compiles its own CPU kernels; the module picks the level
+at run time (``csrc/cpu/capability.h``; ``$GRMSEG_CPU_CAPABILITY`` forces a lower one). Only those files are
+compiled more than once.
 
 Metadata lives in ``pyproject.toml``; this file owns only the extension. Objects are kept under ``build/``
 (even for ``pip install -e .``, whose own build folder is temporary), so a rebuild recompiles only what
@@ -47,6 +54,13 @@ GENERATED_DIR = os.path.join(BUILD_DIR, "grmseg-generated")
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"  # A100 and H100/H200 natively; PTX for anything newer
 RUNTIME_CUDA_SOURCES = ("csrc/cuda/grm_fused_kernels.cuh",)  # compiled at run time by grmseg.ops.impl.cupy_nvrtc
 PACKAGE_CUDA_DIR = os.path.join("grmseg", "_cuda")  # where an installed package keeps them
+CPU_KERNELS = "csrc/cpu/kernels/*.cpp"
+_AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2", "-mlzcnt"]
+# Compiler flags of each instruction-set level above the baseline (the levels of csrc/cpu/capability.h).
+CPU_LEVEL_FLAGS = {
+    "AVX2": _AVX2_FLAGS,
+    "AVX512": [*_AVX2_FLAGS, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+}
 
 
 def _flag(name: str) -> bool:
@@ -209,6 +223,25 @@ def _sources(*patterns: str) -> list[str]:
     return out
 
 
+def cpu_levels() -> list[str]:
+    """The instruction-set levels above DEFAULT to compile the CPU kernels for (AVX2, AVX512 on x86-64 with
+    GCC or Clang), narrowed by ``$GRMSEG_CPU_LEVELS``."""
+    import platform
+
+    possible = list(CPU_LEVEL_FLAGS) if platform.machine().lower() in ("x86_64", "amd64") and os.name == "posix" else []
+    wanted = os.environ.get("GRMSEG_CPU_LEVELS", "").strip()
+    if not wanted:
+        return possible
+    names = [w.strip().upper() for w in wanted.split(",") if w.strip()]
+    unknown = [n for n in names if n != "DEFAULT" and n not in CPU_LEVEL_FLAGS]
+    if unknown:
+        raise RuntimeError(f"GRMSEG_CPU_LEVELS={wanted!r}: unknown level(s) {unknown}; use default, avx2, avx512")
+    skipped = [n for n in names if n != "DEFAULT" and n not in possible]
+    if skipped:
+        _log(f"GRMSEG_CPU_LEVELS: {skipped} cannot be built for this target; skipped")
+    return [n for n in possible if n in names]
+
+
 def _extensions_and_cmdclass():
     # CUDA_HOME must be in the environment before torch.utils.cpp_extension is imported (it reads it then).
     import torch
@@ -265,8 +298,11 @@ def _extensions_and_cmdclass():
         f"#define GRMSEG_CUDA_SKIP_REASON {_c_string(skip_reason)}\n",
     )
 
-    sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
-    depends = _sources("csrc/*.h", "csrc/*/*.h", "csrc/*/*.cuh") + [
+    levels = cpu_levels()
+    _log(f"CPU kernels for default{''.join(',' + lv.lower() for lv in levels)}")
+    kernel_sources = _sources(CPU_KERNELS)
+    sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp") + kernel_sources  # the kernels at the DEFAULT level
+    depends = _sources("csrc/*.h", "csrc/*/*.h", "csrc/*/*/*.h", "csrc/*/*.cuh") + kernel_sources + [
         os.path.relpath(os.path.join(GENERATED_DIR, "grmseg_build_info.h"), ROOT)
     ]
     cxx = ["-O3"]
@@ -274,7 +310,9 @@ def _extensions_and_cmdclass():
         # at::parallel_for is inline OpenMP: compile it in; libgomp comes at run time with libtorch_cpu.
         cxx.append("-fopenmp")
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    macros = [("GRMSEG_PYTHON_MODULE", None)]
+    # CPU_CAPABILITY only matters to the kernel files (the glue does not include ATen/cpu/vec).
+    macros = [("GRMSEG_PYTHON_MODULE", None), ("CPU_CAPABILITY", "DEFAULT")]
+    macros += [(f"GRMSEG_CPU_{lv}", None) for lv in levels]
     if with_cuda:
         sources += _sources("csrc/cuda/*.cu")
         macros.append(("GRMSEG_WITH_CUDA", None))
@@ -307,6 +345,25 @@ def _extensions_and_cmdclass():
             super().finalize_options()
             tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
             self.build_temp = os.path.join(BUILD_DIR, f"temp-grmseg-{tag}")
+
+        def build_extension(self, ext) -> None:
+            # The kernel files once more per level above DEFAULT, into their own folders; linked after the
+            # other objects, so the linker keeps the baseline copy of any inline function they share.
+            cxx_args = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else []
+            base_macros = [m for m in ext.define_macros if m[0] != "CPU_CAPABILITY"]
+            objects = []
+            for level in levels:
+                objects += self.compiler.compile(
+                    kernel_sources,
+                    output_dir=os.path.join(self.build_temp, f"cpu-{level.lower()}"),
+                    macros=[*base_macros, ("CPU_CAPABILITY", level), (f"CPU_CAPABILITY_{level}", None)],
+                    include_dirs=ext.include_dirs,
+                    debug=self.debug,
+                    extra_postargs=[*cxx_args, *CPU_LEVEL_FLAGS[level]],
+                    depends=ext.depends,
+                )
+            ext.extra_objects = objects
+            super().build_extension(ext)
 
         def build_extensions(self) -> None:
             # Two builds of one checkout at once would share the object folder: take turns.

@@ -40,8 +40,11 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p.add_argument("--sizes", choices=sorted(SIZE_SETS), help="size set (default: the device type's)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 3 runs per row: a smoke test")
     p.add_argument("--repeats", type=int, metavar="N", help="timed runs per row (default 100 CUDA, 20 CPU)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch.set_num_threads(N) for the CPU (default: left as it is)")
+    p.add_argument("--threads", type=_csv, metavar="N,M",
+                   help="CPU thread counts: every case runs at each, e.g. 1,2 (default: left as it is)")
+    p.add_argument("--cpu-level", choices=("default", "avx2", "avx512"),
+                   help="instruction-set level of the csrc CPU kernels (default: detected, or $GRMSEG_CPU_CAPABILITY)")
+    p.add_argument("--no-sgemm", dest="sgemm", action="store_false", help="do not measure the sgemm rate")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out reference+compile")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="do not measure peak memory")
     p.add_argument("--peak-bandwidth", type=float, metavar="GBPS", dest="peak_bandwidth_gbps",
@@ -50,8 +53,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     a = p.parse_args(argv)
     if a.repeats is not None and a.repeats < 1:
         p.error("--repeats must be >= 1")
-    if a.threads is not None and a.threads < 1:
-        p.error("--threads must be >= 1")
+    threads = None
+    if a.threads is not None:
+        try:
+            threads = [int(t) for t in a.threads]
+        except ValueError:
+            p.error(f"--threads must be positive integers, got {','.join(a.threads)}")
+        if not threads or min(threads) < 1:
+            p.error("--threads must be positive integers")
     for name in a.ops or ():
         if name not in OPS:
             p.error(f"unknown op {name!r}; choose from {', '.join(OPS)}")
@@ -67,8 +76,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
             p.error(f"unknown phase {name!r}; choose from {', '.join(PHASES)}")
     config = BenchConfig(
         device=a.device, sizes=a.sizes, quick=a.quick, ops=a.ops, dtypes=a.dtypes, phases=a.phases,
-        providers=a.providers,
-        repeats=a.repeats, threads=a.threads,
+        providers=a.providers, repeats=a.repeats, threads=threads, cpu_level=a.cpu_level, sgemm=a.sgemm,
         compile=a.compile, memory=a.memory, peak_bandwidth_gbps=a.peak_bandwidth_gbps, out=a.out,
     )
     if a.quiet:

@@ -7,6 +7,14 @@ differentiable ops, timed on a retained graph; its peak memory is that of a whol
 Bytes moved are the minimum a kernel must read and write once: every input it reads and every output it writes
 (for backward: the incoming gradients, the saved inputs it reads, and the gradients it writes). GB/s is that
 over the median time, so it is comparable across backends and against the device's peak bandwidth.
+
+Useful flops are those of the op's math, counted the same for every backend (a multiply-add is 2): the
+GEMM-shaped products of the GRM ops (2 B K C P each; forward 2 of them, backward 5, the layer 14), of graph_conv
+(backward: twice the forward) and cam (every class, as the reference computes it), the sub-abs-add of
+local_affinity per channel and offset, one max per path point of boundary_affinity, and the 2 (1 + 2D) flops
+per class, pixel and step of random_walk (the neighbours and the pixel itself), the lattice splat and slice of
+dense_crf (see :func:`_flops_dense_crf`). GFLOP/s is that over the median
+time; on the CPU the rows also give it as a fraction of the machine's own sgemm rate measured in the same run.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grmseg.reference import CRF_REFERENCE_MAX_PIXELS, affinity_offsets
+from grmseg.reference import CRF_REFERENCE_MAX_PIXELS, affinity_offsets, path_offsets
 
 Params = dict[str, Any]
 Inputs = dict[str, Any]
@@ -207,6 +215,60 @@ def _bytes_grm_layer(t: Inputs, phase: str) -> int:
     return fwd + bwd
 
 
+# ------------------------------------------------------------------------------------------------- useful flops
+def _grm_product(x: Tensor, k: int) -> float:
+    bsz, c, n = x.shape
+    return 2.0 * bsz * k * c * n
+
+
+def _flops_grm_project(t: Inputs, phase: str) -> float:
+    return (2 if phase == "fwd" else 5) * _grm_product(t["x"], t["w"].shape[0])
+
+
+def _flops_grm_reproject(t: Inputs, phase: str) -> float:
+    return (2 if phase == "fwd" else 5) * _grm_product(t["x"], t["q"].shape[1])
+
+
+def _flops_graph_conv(t: Inputs, phase: str) -> float:
+    bsz, k, f = t["z"].shape
+    d = t["weight"].shape[1]
+    fwd = 2.0 * bsz * k * f * d + 2.0 * bsz * k * k * d
+    return fwd if phase == "fwd" else 2 * fwd
+
+
+def _flops_cam(t: Inputs, phase: str) -> float:
+    bsz, c, h, w = t["feat"].shape
+    return 2.0 * bsz * t["weight"].shape[0] * c * h * w
+
+
+def _flops_local_affinity(t: Inputs, phase: str) -> float:
+    bsz, c, h, w = t["feat"].shape
+    return 3.0 * bsz * c * len(affinity_offsets(t["radius"])) * h * w
+
+
+def _flops_boundary_affinity(t: Inputs, phase: str) -> float:
+    bsz, _, h, w = t["boundary"].shape
+    points = sum(len(path_offsets(dy, dx)) for dy, dx in affinity_offsets(t["radius"]))
+    return float(bsz * h * w * points)
+
+
+def _flops_random_walk(t: Inputs, phase: str) -> float:
+    bsz, k, h, w = t["cam"].shape
+    return 2.0 * t["steps"] * bsz * k * h * w * (1 + 2 * t["aff"].shape[1])
+
+
+def _flops_dense_crf(t: Inputs, phase: str) -> float:
+    # Per iteration, pixel and class: the splat and the slice of both permutohedral lattices (bilateral d = 5,
+    # spatial d = 2: 2 (d + 1) flops each); the blur is left out (its vertex count depends on the image).
+    bsz, k, h, w = t["unary"].shape
+    return 2.0 * 2 * (6 + 3) * t["iterations"] * bsz * k * h * w
+
+
+def _flops_grm_layer(t: Inputs, phase: str) -> float:
+    x = t["x"]
+    return 14 * 2.0 * x.shape[0] * t["module"].num_nodes * x.shape[1] * x.shape[2] * x.shape[3]
+
+
 # ------------------------------------------------------------------------------------------------- shape labels
 def _label_grm(p: Params) -> str:
     return f"B{p['B']} C{p['C']} {p['H']}x{p['W']} K{p['K']}"
@@ -249,6 +311,7 @@ class OpDef:
         build: ``(params, generator) -> inputs`` (CPU, float32 tensors and static arguments by name).
         label: ``params -> "B8 C512 64x64 K21"``.
         bytes_moved: ``(inputs on the device, phase) -> bytes``.
+        flops: ``(inputs on the device, phase) -> useful flops`` (see the module docstring).
         kernels: the op-layer kernel names behind a phase (for :func:`grmseg.ops.selected`).
         keywords: the arguments passed by keyword (after ``args``), to ``grmseg.ops`` and the reference alike.
         keep_dtype: tensor arguments that keep their own dtype (``labels``, an uint8 ``image``), not the case's.
@@ -260,6 +323,7 @@ class OpDef:
     build: Callable[[Params, torch.Generator], Inputs]
     label: Callable[[Params], str]
     bytes_moved: Callable[[Inputs, str], int]
+    flops: Callable[[Inputs, str], float]
     kernels: Callable[[str], tuple[str, ...]] = field(default=lambda phase: ())
     keywords: tuple[str, ...] = ()
     keep_dtype: tuple[str, ...] = ()
@@ -288,22 +352,23 @@ OPS: dict[str, OpDef] = {
     op.name: op
     for op in (
         OpDef("grm_project", ("x", "w", "b"), ("x", "w", "b"), _build_grm_project, _label_grm, _bytes_grm_project,
-              _op_kernels("grm_project")),
+              _flops_grm_project, _op_kernels("grm_project")),
         OpDef("grm_reproject", ("x", "q", "v"), ("x", "q", "v"), _build_grm_reproject, _label_grm,
-              _bytes_grm_reproject, _op_kernels("grm_reproject")),
+              _bytes_grm_reproject, _flops_grm_reproject, _op_kernels("grm_reproject")),
         OpDef("graph_conv", ("z", "adj", "weight", "bias", "activation"), ("z", "adj", "weight", "bias"),
-              _build_graph_conv, _label_graph_conv, _bytes_graph_conv, _op_kernels("graph_conv")),
-        OpDef("cam", ("feat", "weight", "labels"), (), _build_cam, _label_cam, _bytes_cam, _op_kernels("cam"),
-              keep_dtype=("labels",)),
+              _build_graph_conv, _label_graph_conv, _bytes_graph_conv, _flops_graph_conv, _op_kernels("graph_conv")),
+        OpDef("cam", ("feat", "weight", "labels"), (), _build_cam, _label_cam, _bytes_cam, _flops_cam,
+              _op_kernels("cam"), keep_dtype=("labels",)),
         OpDef("local_affinity", ("feat", "radius"), (), _build_local_affinity, _label_local_affinity,
-              _bytes_local_affinity, _op_kernels("local_affinity")),
+              _bytes_local_affinity, _flops_local_affinity, _op_kernels("local_affinity")),
         OpDef("boundary_affinity", ("boundary", "radius"), (), _build_boundary_affinity, _label_boundary_affinity,
-              _bytes_boundary_affinity, _op_kernels("boundary_affinity")),
+              _bytes_boundary_affinity, _flops_boundary_affinity, _op_kernels("boundary_affinity")),
         OpDef("random_walk", ("cam", "aff", "beta", "steps"), (), _build_random_walk, _label_random_walk,
-              _bytes_random_walk, _op_kernels("random_walk")),
+              _bytes_random_walk, _flops_random_walk, _op_kernels("random_walk")),
         OpDef("dense_crf", ("unary", "image"), (), _build_dense_crf, _label_dense_crf, _bytes_dense_crf,
-              _op_kernels("dense_crf"), keywords=("iterations",), keep_dtype=("image",)),
-        OpDef("grm_layer", ("x",), ("x",), _build_grm_layer, _label_grm, _bytes_grm_layer, _layer_kernels),
+              _flops_dense_crf, _op_kernels("dense_crf"), keywords=("iterations",), keep_dtype=("image",)),
+        OpDef("grm_layer", ("x",), ("x",), _build_grm_layer, _label_grm, _bytes_grm_layer, _flops_grm_layer,
+              _layer_kernels),
     )
 }
 
@@ -445,6 +510,10 @@ class Case:
     def bytes_moved(self, inputs: Inputs) -> int:
         """The minimal bytes read and written once by this phase of the op (see the module docstring)."""
         return self.op.bytes_moved(inputs, self.phase)
+
+    def flops(self, inputs: Inputs) -> float:
+        """The useful flops of this phase of the op (see the module docstring)."""
+        return self.op.flops(inputs, self.phase)
 
     def dense_reference_skip(self, device: torch.device) -> str | None:
         """Why the dense reference (random walk, CRF) is not run at this size (None when it is)."""

@@ -95,4 +95,5 @@ def machine_info(device: torch.device, peak_bw: float | None) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backends": {name: str(status) for name, status in grmseg.ops.backends().items()},
+        "cpu_kernels": grmseg._ext.cpu_capability_report() if grmseg._ext.built() else None,
     }

@@ -19,6 +19,9 @@ class Row:
     and the op layer fell back to ``reference``); ``label`` is what the table shows. Times are milliseconds;
     ``bytes`` is the minimal traffic of :mod:`benchmarks.cases`. ``first_call_ms`` is the untimed first call
     (compilation, autotuning, lazy set-up). ``note`` says why a row has no numbers (or no peak memory).
+    ``threads`` is the CPU thread count of the row (None on CUDA); ``flops`` the useful flops of
+    :mod:`benchmarks.cases`, ``gflops`` that over the median time and ``of_sgemm`` that as a fraction of the
+    machine's sgemm rate at the same thread count (CPU rows).
     """
 
     op: str
@@ -31,6 +34,8 @@ class Row:
     device: str
     params: dict[str, Any]
     bytes: int
+    threads: int | None = None
+    flops: float = 0.0
     median_ms: float | None = None
     p20_ms: float | None = None
     p80_ms: float | None = None
@@ -41,6 +46,8 @@ class Row:
     pct_peak: float | None = None
     peak_mb: float | None = None
     speedup: float | None = None
+    gflops: float | None = None
+    of_sgemm: float | None = None
     speedup_vs: str = REFERENCE
     first_call_ms: float | None = None
     note: str = ""
@@ -50,9 +57,9 @@ class Row:
         """Whether the row has a time."""
         return self.median_ms is not None
 
-    def key(self) -> tuple[str, str, str, str, str]:
-        """What rows are compared on: op, phase, shape, dtype, device."""
-        return (self.op, self.phase, self.shape, self.dtype, self.device)
+    def key(self) -> tuple[str, str, str, str, str, int | None]:
+        """What rows are compared on: op, phase, shape, dtype, device, thread count."""
+        return (self.op, self.phase, self.shape, self.dtype, self.device, self.threads)
 
 
 @dataclass
@@ -85,9 +92,9 @@ def add_speedups(rows: Sequence[Row], baselines: Sequence[str] = ()) -> None:
         r.speedup = base / r.median_ms if base and r.ok and r.median_ms else None
 
 
-COLUMNS = ("op", "phase", "provider", "shape", "dtype", "device", "median ms", "p20-p80 ms", "GB/s", "% peak",
-           "peak MB", "vs ref")
-_NUMERIC = {"median ms", "p20-p80 ms", "GB/s", "% peak", "peak MB", "vs ref"}
+COLUMNS = ("op", "phase", "provider", "shape", "dtype", "device", "threads", "median ms", "p20-p80 ms", "GB/s",
+           "% peak", "GFLOP/s", "of sgemm", "peak MB", "vs ref")
+_NUMERIC = {"threads", "median ms", "p20-p80 ms", "GB/s", "% peak", "GFLOP/s", "of sgemm", "peak MB", "vs ref"}
 
 
 def _ms(v: float) -> str:
@@ -101,9 +108,11 @@ def _cells(r: Row) -> list[str]:
         spread = "" if r.p20_ms is None or r.p80_ms is None else f"{_ms(r.p20_ms)}-{_ms(r.p80_ms)}"
         timing = [_ms(r.median_ms), spread]
     return [
-        r.op, r.phase, r.label, r.shape, r.dtype, r.device, *timing,
+        r.op, r.phase, r.label, r.shape, r.dtype, r.device, "" if r.threads is None else str(r.threads), *timing,
         "" if r.gbps is None else f"{r.gbps:.1f}" if r.gbps >= 10 else f"{r.gbps:.3g}",
         "" if r.pct_peak is None else f"{r.pct_peak:.0f}%",
+        "" if r.gflops is None else f"{r.gflops:.1f}" if r.gflops >= 10 else f"{r.gflops:.3g}",
+        "" if r.of_sgemm is None else f"{r.of_sgemm:.2f}",
         "" if r.peak_mb is None else f"{r.peak_mb:.1f}" if r.peak_mb >= 1 else f"{r.peak_mb:.3f}",
         "" if r.speedup is None else f"{r.speedup:.2f}x" + ("" if r.speedup_vs == REFERENCE else f" ({r.speedup_vs})"),
     ]
@@ -122,12 +131,14 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 _LEGEND = (
-    "Median of repeated runs after warm-up (p20-p80 beside it). GB/s: the minimal bytes each op must read and"
-    " write once, over the median time (for `random_walk` that floor ignores its many passes). Peak MB: the"
-    " most memory held above the starting point during one run (`bwd` rows: a whole forward + backward)."
-    " vs ref: speed-up over the `reference` backend in eager mode, or over the external baseline named beside it"
-    " where the exact reference cannot run (`dense_crf` against pydensecrf). `a->b`: backend a lacks the kernel,"
-    " b ran."
+    "Median of repeated runs after warm-up (p20-p80 beside it), Python's garbage collector paused while timing."
+    " GB/s: the minimal bytes each op must read and write once, over the median time (for `random_walk` that"
+    " floor ignores its many passes). GFLOP/s: the op's useful flops (benchmarks/cases.py) over the median time;"
+    " of sgemm: that over the machine's fp32 sgemm rate (1024^3, torch.mm) at the row's thread count, measured"
+    " in the same run. Peak MB: the most memory held above the starting point during one run (`bwd` rows: a"
+    " whole forward + backward). vs ref: speed-up over the `reference` backend in eager mode at the same thread"
+    " count, or over the external baseline named beside it where the exact reference cannot run (`dense_crf`"
+    " against pydensecrf). `a->b`: backend a lacks the kernel, b ran."
 )
 
 
@@ -135,6 +146,7 @@ def format_markdown(report: Report) -> str:
     """The table as Markdown, with a line on the machine and the notes, ready to paste into the README."""
     m = report.machine
     bw = m.get("peak_bandwidth_gbps")
+    sgemm = m.get("sgemm_gflops") or {}
     head = (
         f"Device: **{m.get('device_name')}** ({m.get('device')}"
         + (f", peak {bw:.0f} GB/s" if bw else "")
@@ -142,6 +154,9 @@ def format_markdown(report: Report) -> str:
         + f" ({m.get('torch_threads')} torch threads); {m.get('date')}"
         + (f"; grmseg {m.get('git_commit')}" if m.get("git_commit") else "")
         + "."
+        + (f" csrc CPU kernels: {m.get('cpu_kernels')}." if m.get("cpu_kernels") else "")
+        + (" sgemm: " + ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if int(t) > 1 else ''}"
+                                  for t, v in sgemm.items()) + "." if sgemm else "")
     )
     align = ["---:" if c in _NUMERIC else "---" for c in COLUMNS]
     lines = [

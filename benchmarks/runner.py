@@ -37,7 +37,10 @@ class BenchConfig:
         phases: phases to run (None: every op's own; e.g. ``["fwd", "fwd+bwd"]``).
         providers: provider names to keep (None: every backend available here, plus ``reference+compile``).
         repeats: timed runs per row (None: 100 on CUDA, 20 on the CPU, 3 with ``quick``).
-        threads: ``torch.set_num_threads`` for the run (None: left as it is).
+        threads: CPU thread counts: every case runs at each (``torch.set_num_threads``); None: left as it is.
+        cpu_level: the instruction-set level of the csrc CPU kernels (``default``, ``avx2``, ``avx512``; None:
+            as detected or forced by ``$GRMSEG_CPU_CAPABILITY``).
+        sgemm: measure the device's sgemm rate (per thread count on the CPU) for the ``of sgemm`` column.
         compile: add the ``reference+compile`` provider.
         memory: measure peak memory.
         peak_bandwidth_gbps: override the device's peak bandwidth (GB/s) for the ``% peak`` column.
@@ -53,7 +56,9 @@ class BenchConfig:
     phases: list[str] | None = None
     providers: list[str] | None = None
     repeats: int | None = None
-    threads: int | None = None
+    threads: list[int] | None = None
+    cpu_level: str | None = None
+    sgemm: bool = True
     compile: bool = True
     memory: bool = True
     peak_bandwidth_gbps: float | None = None
@@ -74,6 +79,11 @@ def _release(device: torch.device, collect: bool) -> None:
         gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -104,6 +114,8 @@ def _measure(
     )
     row.gbps = row.bytes / (t.median_ms * 1e-3) / 1e9
     row.pct_peak = None if peak_bw is None else 100.0 * row.gbps * 1e9 / peak_bw
+    if row.flops:
+        row.gflops = row.flops / (t.median_ms * 1e-3) / 1e9
     if config.memory and memory_ok and not provider.external:  # an external library's memory is not seen
         try:
             row.peak_mb = timing.peak_memory_bytes(bench.memory, device) / 2**20
@@ -113,13 +125,13 @@ def _measure(
 
 def _one_row(
     case: Case, provider: prov.Provider, inputs: Inputs, device: torch.device, config: BenchConfig,
-    peak_bw: float | None, memory_ok: bool,
+    peak_bw: float | None, memory_ok: bool, threads: int | None,
 ) -> rep.Row:
     ran = prov.ran_backend(case, provider, device)
     row = rep.Row(
         op=case.op.name, phase=case.phase, provider=provider.name, ran=ran, label=prov.row_label(provider, ran),
         shape=case.shape, dtype=case.dtype_name, device=device.type, params=case.params,
-        bytes=case.bytes_moved(inputs),
+        bytes=case.bytes_moved(inputs), threads=threads, flops=case.flops(inputs),
     )
     skip = case.dense_reference_skip(device) if _uses_reference(ran) else None
     if skip:
@@ -153,10 +165,21 @@ def run(config: BenchConfig) -> rep.Report:
     size_name = config.sizes or ("quick" if config.quick else device.type)
     if size_name not in SIZE_SETS:
         raise ValueError(f"unknown size set {size_name!r}; choose from {list(SIZE_SETS)}")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if config.cpu_level:
+        from grmseg import _ext
+
+        if config.cpu_level not in _ext.cpu_capabilities():
+            raise ValueError(f"cpu_level {config.cpu_level!r} is not available here; levels: {_ext.cpu_capabilities()}")
+        _ext.set_cpu_capability(config.cpu_level)
+    thread_counts: list[int | None] = [None] if device.type == "cuda" else list(config.threads or [None])
     peak_bw = config.peak_bandwidth_gbps * 1e9 if config.peak_bandwidth_gbps else peak_bandwidth(device)
     report = rep.Report(machine=machine_info(device, peak_bw), config={**config.public(), "sizes": size_name})
+    sgemm: dict[int | None, float] = {}
+    if config.sgemm:
+        for threads in thread_counts:
+            _set_threads(threads)
+            sgemm[threads] = timing.sgemm_gflops(device, 256 if config.quick else 1024)
+        report.machine["sgemm_gflops"] = {str(t or torch.get_num_threads()): v for t, v in sgemm.items()}
 
     ops = list(config.ops) if config.ops else list(OPS)
     if "grm_layer" in ops:
@@ -183,19 +206,26 @@ def run(config: BenchConfig) -> rep.Report:
         if not memory_ok:
             report.notes.append(f"peak memory not reported: {how}")
 
-    total = len(cases) * len(providers)
-    for i, case in enumerate(cases):
+    total = len(cases) * len(providers) * len(thread_counts)
+    done = 0
+    for case in cases:
         inputs = case.inputs(device)
-        for j, provider in enumerate(providers):
-            if not prov.applies(case, provider):
-                continue
-            row = _one_row(case, provider, inputs, device, config, peak_bw, memory_ok)
-            report.rows.append(row)
-            done = i * len(providers) + j + 1
-            result = f"{row.median_ms:.4g} ms (first call {row.first_call_ms:.4g} ms)" if row.ok else row.note
-            log(f"[{done}/{total}] {row.op} {row.phase} {row.label} {row.shape} {row.dtype}: {result}")
-            if row.note:
-                report.notes.append(f"{row.op} {row.phase} {row.label} {row.shape} {row.dtype}: {row.note}")
+        for threads in thread_counts:
+            _set_threads(threads)
+            at = "" if threads is None else f" {threads}t"
+            for provider in providers:
+                if not prov.applies(case, provider):
+                    done += 1
+                    continue
+                row = _one_row(case, provider, inputs, device, config, peak_bw, memory_ok, threads)
+                if row.gflops is not None and sgemm.get(threads):
+                    row.of_sgemm = row.gflops / sgemm[threads]
+                report.rows.append(row)
+                done += 1
+                result = f"{row.median_ms:.4g} ms (first call {row.first_call_ms:.4g} ms)" if row.ok else row.note
+                log(f"[{done}/{total}] {row.op} {row.phase} {row.label} {row.shape} {row.dtype}{at}: {result}")
+                if row.note:
+                    report.notes.append(f"{row.op} {row.phase} {row.label} {row.shape} {row.dtype}{at}: {row.note}")
         del inputs
         _release(device, collect=True)
 

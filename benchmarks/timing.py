@@ -116,11 +116,35 @@ def time_cuda(
     return summarize([s.elapsed_time(e) for s, e in zip(starts, ends)])
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's garbage collector off for the duration (as ``timeit`` does): a collection of the whole heap
+    that happens to fall into a timed run measures the interpreter, not the op."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def time_fn(fn: Callable[[], Any], device: torch.device, repeats: int | None = None) -> Timing:
-    """Time ``fn`` on ``device`` with the device's timer; ``repeats`` defaults to 100 (CUDA) or 20 (CPU)."""
-    if device.type == "cuda":
-        return time_cuda(fn, device, repeats or 100)
-    return time_cpu(fn, repeats or 20)
+    """Time ``fn`` on ``device`` with the device's timer, the garbage collector paused; ``repeats`` defaults to
+    100 (CUDA) or 20 (CPU)."""
+    with gc_paused():
+        if device.type == "cuda":
+            return time_cuda(fn, device, repeats or 100)
+        return time_cpu(fn, repeats or 20)
+
+
+def sgemm_gflops(device: torch.device, n: int = 1024, repeats: int = 10) -> float:
+    """The device's fp32 GEMM rate: ``n x n x n`` ``torch.mm`` (2 n^3 flops) over its median time, in GFLOP/s."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    t = time_fn(lambda: torch.mm(a, b), device, repeats)
+    return 2.0 * n**3 / (t.median_ms * 1e-3) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------------- memory

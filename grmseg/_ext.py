@@ -19,20 +19,27 @@ from types import ModuleType
 import torch
 
 __all__ = [
+    "CPU_CAPABILITY_ENV",
     "ExtensionLoadError",
     "build_info",
     "build_summary",
     "built",
+    "cpu_capabilities",
+    "cpu_capability",
+    "cpu_capability_report",
     "cuda_built",
     "cuda_skip_reason",
     "has_kernel",
     "load_error",
+    "set_cpu_capability",
 ]
 
 OP_NAMESPACE = "grmseg_C"
 PROBE_OP = "grm_project_forward"  # any operator of csrc/grmseg.cpp's TORCH_LIBRARY block
 IGNORE_ERRORS_ENV = "GRMSEG_IGNORE_EXT_ERRORS"
 REBUILD_HINT = "pip install --no-build-isolation --no-deps --force-reinstall ."
+#: Forces the instruction-set level of the CPU kernels (``default``, ``avx2``, ``avx512``), read at first use.
+CPU_CAPABILITY_ENV = "GRMSEG_CPU_CAPABILITY"
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}
 
 
@@ -137,6 +144,43 @@ def cuda_skip_reason() -> str:
     return why or "grmseg was built without its CUDA part (no nvcc at build time, or GRMSEG_NO_CUDA=1)"
 
 
+def cpu_capability() -> str | None:
+    """The instruction-set level the CPU kernels run at (``"default"``, ``"avx2"``, ``"avx512"``); None unbuilt.
+
+    Every kernel file under ``csrc/cpu/kernels/`` is compiled once per level; the best level that the CPU and the
+    build support is used, unless ``$GRMSEG_CPU_CAPABILITY`` asks for a lower one.
+    """
+    return None if _C is None else _C.cpu_capability()
+
+
+def cpu_capabilities() -> tuple[str, ...]:
+    """Every level the CPU and this build support, lowest first (empty when ``grmseg._C`` is not loaded)."""
+    return () if _C is None else tuple(_C.cpu_capabilities())
+
+
+def cpu_capability_report() -> str:
+    """One line: the level in use, why (detected or forced), and what the CPU and the build support."""
+    if _C is None:
+        return _LOAD_ERROR or ""
+    return _C.cpu_capability_report()
+
+
+def set_cpu_capability(level: str) -> str:
+    """Run the CPU kernels at ``level`` from now on; returns the previous level.
+
+    Raises:
+        ValueError: ``level`` is not one of :func:`cpu_capabilities`.
+        RuntimeError: ``grmseg._C`` is not loaded.
+    """
+    if _C is None:
+        raise RuntimeError(f"grmseg._C is not loaded: {_LOAD_ERROR}")
+    if level not in cpu_capabilities():
+        raise ValueError(f"set_cpu_capability: level must be one of {cpu_capabilities()}, got {level!r}")
+    previous = _C.cpu_capability()
+    _C.set_cpu_capability(level)
+    return previous
+
+
 def build_info() -> dict[str, str | bool | None]:
     """Facts recorded in ``grmseg._C`` at build time (empty values when it is not loaded)."""
     return {
@@ -148,6 +192,8 @@ def build_info() -> dict[str, str | bool | None]:
         "cuda_home": getattr(_C, "cuda_home", None) or None,
         "cuda_arch_list": getattr(_C, "cuda_arch_list", None) or None,
         "cuda_skip_reason": cuda_skip_reason() or None,
+        "cpu_capability": cpu_capability(),
+        "cpu_capabilities": ",".join(cpu_capabilities()) or None,
     }
 
 
@@ -170,5 +216,6 @@ def build_summary() -> str:
             )
         else:
             lines.append(f"grmseg._C: built without CUDA (for torch {info['torch_version']}): {cuda_skip_reason()}")
+        lines.append(f"grmseg._C CPU kernels: {cpu_capability_report()} (${CPU_CAPABILITY_ENV} forces a level)")
     lines.extend(f"  {status}" for status in backends().values())
     return "\n".join(lines)

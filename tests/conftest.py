@@ -2,12 +2,36 @@
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _cpu_levels() -> tuple[str, ...]:
+    try:
+        from grmseg import _ext
+    except Exception:  # noqa: BLE001 - collection must not fail here; the tests themselves report it
+        return ("default",)
+    return _ext.cpu_capabilities() or ("default",)
+
+
+@pytest.fixture(params=_cpu_levels())
+def cpu_level(request):
+    """Runs a test once per instruction-set level of the CPU kernels that this machine and build support."""
+    from grmseg import _ext
+
+    if not _ext.built():
+        yield request.param
+        return
+    previous = _ext.set_cpu_capability(request.param)
+    try:
+        yield request.param
+    finally:
+        _ext.set_cpu_capability(previous)
 
 
 class Killed(Exception):

@@ -30,7 +30,8 @@ CPU = torch.device("cpu")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # triton is left out: on the CPU it only runs in its (slow) interpreter, which says nothing about speed
-    args = ["--quick", "--device", "cpu", "--no-compile", "--providers", "reference,csrc", "--quiet"]
+    args = ["--quick", "--device", "cpu", "--no-compile", "--providers", "reference,csrc", "--quiet",
+            "--threads", "1,2"]
     rc = main([*args, "--out", str(out)])
     return rc, out
 
@@ -44,22 +45,38 @@ def test_quick_run_writes_json_and_markdown(quick_run):
     rows = data["rows"]
     expected_ops = set(OPS) if hasattr(grmseg, "GRM") else set(OPS) - {"grm_layer"}
     assert {r["op"] for r in rows} == expected_ops
-    # every op and phase has a timed reference row
+    assert set(data["machine"]["sgemm_gflops"]) == {"1", "2"} and all(v > 0 for v in data["machine"]["sgemm_gflops"].values())
+    assert data["machine"]["cpu_kernels"].split()[0] in grmseg._ext.cpu_capabilities()
+    # every op and phase has a timed reference row at each thread count
     for name in expected_ops:
         for phase in OPS[name].phases():
-            ref = [r for r in rows if r["op"] == name and r["phase"] == phase and r["label"] == "reference"]
-            assert len(ref) == 1, (name, phase)
-            assert ref[0]["median_ms"] > 0 and ref[0]["speedup"] == pytest.approx(1.0)
-            assert ref[0]["peak_mb"] is not None and ref[0]["peak_mb"] >= 0
+            for threads in (1, 2):
+                ref = [r for r in rows if r["op"] == name and r["phase"] == phase and r["label"] == "reference"
+                       and r["threads"] == threads]
+                assert len(ref) == 1, (name, phase, threads)
+                assert ref[0]["median_ms"] > 0 and ref[0]["speedup"] == pytest.approx(1.0)
+                assert ref[0]["peak_mb"] is not None and ref[0]["peak_mb"] >= 0
     for r in rows:
-        assert r["bytes"] > 0
+        assert r["bytes"] > 0 and r["flops"] > 0 and r["threads"] in (1, 2)
         if r["median_ms"] is not None:
             assert r["median_ms"] > 0 and r["gbps"] > 0 and r["runs"] >= 1
             assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+            assert r["gflops"] == pytest.approx(r["flops"] / r["median_ms"] / 1e6)
+            assert r["of_sgemm"] == pytest.approx(r["gflops"] / data["machine"]["sgemm_gflops"][str(r["threads"])])
         else:
             assert r["note"]  # a row without a time says why
     md = (out / "bench.md").read_text()
-    assert "| op | phase | provider |" in md and "grm_project" in md
+    assert "| op | phase | provider |" in md and "grm_project" in md and "of sgemm" in md and "sgemm:" in md
+
+
+def test_useful_flops():
+    cases = {(c.op.name, c.phase, c.params.get("H")): c for c in make_cases(SIZE_SETS["cpu"])}
+    walk = cases[("random_walk", "fwd", 32)]
+    t = walk.inputs(CPU)
+    # the definition: 2 * steps * N * (1 + 2D) * K, D = 34 for radius 5
+    assert walk.flops(t) == 2 * 256 * 32 * 32 * 69 * 21
+    grm = cases[("grm_project", "bwd", 64)]
+    assert grm.flops(grm.inputs(CPU)) == 5 * 2 * 2 * 21 * 256 * 64 * 64
 
 
 def test_bytes_moved_match_the_outputs():
@@ -129,10 +146,14 @@ def test_cli_rejects_unknown_names():
         parse_args(["--dtype", "int8"])
     with pytest.raises(SystemExit):
         parse_args(["--providers", "cuda"])
+    with pytest.raises(SystemExit):
+        parse_args(["--threads", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--cpu-level", "sse9"])
     cfg = parse_args(["--ops", "cam,random_walk", "--dtype", "bf16", "--repeats", "5", "--no-compile",
-                      "--providers", "reference,triton"])
+                      "--providers", "reference,triton", "--threads", "1,2", "--cpu-level", "avx2"])
     assert cfg.ops == ["cam", "random_walk"] and cfg.dtypes == ["bf16"] and cfg.repeats == 5 and not cfg.compile
-    assert cfg.providers == ["reference", "triton"]
+    assert cfg.providers == ["reference", "triton"] and cfg.threads == [1, 2] and cfg.cpu_level == "avx2"
 
 
 def test_external_baseline_rows_for_their_op_only():
@@ -172,3 +193,15 @@ def test_speedup_falls_back_to_the_external_baseline():
     rows = [row("reference", 2.0), row("csrc", 1.0), row("pydensecrf", 3.0)]
     report.add_speedups(rows, ["pydensecrf"])
     assert rows[1].speedup == 2.0 and rows[1].speedup_vs == "reference"
+
+
+def test_interleaved_rows_on_quick_sizes():
+    from benchmarks import interleaved
+
+    rows = interleaved.compare(["cam", "random_walk"], [1], rounds=2, sizes="quick", log=lambda s: None)
+    assert [r["op"] for r in rows] == ["cam", "random_walk"]
+    for r in rows:
+        assert r["csrc_ms"] > 0 and r["ref_ms"] > 0 and r["ratio"] > 0 and r["of_sgemm"] > 0 and r["threads"] == 1
+    assert "| cam | fwd |" in interleaved.format_markdown(rows)
+    rows = interleaved.compare(["random_walk"], [1], rounds=1, sizes="quick", dense_max_pixels=1, log=lambda s: None)
+    assert "ref_ms" not in rows[0] and "not run (dense)" in interleaved.format_markdown(rows)

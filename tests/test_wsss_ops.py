@@ -252,3 +252,53 @@ def test_csrc_ops_pass_opcheck(device):
         torch.library.opcheck(op, args)
     meta = ops.local_affinity_forward(feat.to("meta"), 5)
     assert meta.shape == (2, 34, 5, 7) and meta.device.type == "meta"
+
+
+# ------------------------------------------------------------------------------- csrc at every CPU kernel level
+@pytest.mark.usefixtures("cpu_level")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_csrc_cpu_kernels_at_every_level(dtype):
+    """cam, local_affinity and boundary_affinity of csrc on the CPU at each instruction-set level (conftest.py's
+    cpu_level), on odd sizes with several tiles and chunks, strided and channels-last inputs."""
+    for shape in [(2, 59, 13, 17, 21), (1, 8, 37, 41, 5), (2, 33, 6, 7, 81)]:
+        feat, weight, labels = _cam_inputs(*shape)
+        for lab in (labels, None):
+            oracle = reference.cam(feat, weight, lab)
+            f, w = feat.to(dtype), weight.to(dtype)
+            plain = reference.cam(f, w, lab) if dtype in HALF else None
+            assert_close(gops.cam(f, w, lab, backend="csrc"), oracle, plain, name=f"cam {shape} {dtype}")
+        chl = feat.to(dtype).contiguous(memory_format=torch.channels_last)
+        assert_close(gops.cam(chl, weight.to(dtype), None, backend="csrc"), reference.cam(feat, weight),
+                     reference.cam(chl, weight.to(dtype)) if dtype in HALF else None, name="cam channels_last")
+    for radius in (1, 3, 5):
+        feat = torch.randn(2, 19, 13, 17, generator=_gen(radius), dtype=torch.float64)
+        plain = reference.local_affinity(feat.to(dtype), radius) if dtype in HALF else None
+        assert_close(gops.local_affinity(feat.to(dtype), radius, backend="csrc"),
+                     reference.local_affinity(feat, radius), plain, name=f"local_affinity r={radius} {dtype}")
+        bd = torch.rand(2, 1, 21, 9, generator=_gen(radius), dtype=torch.float64)
+        plain = reference.boundary_affinity(bd.to(dtype), radius) if dtype in HALF else None
+        assert_close(gops.boundary_affinity(bd.to(dtype), radius, backend="csrc"),
+                     reference.boundary_affinity(bd, radius), plain, name=f"boundary_affinity r={radius} {dtype}")
+
+
+@pytest.mark.usefixtures("cpu_level")
+def test_csrc_cam_and_affinities_do_not_depend_on_the_thread_count():
+    """Sizes large enough that the CPU kernels run in parallel (small calls stay on one thread)."""
+    feat, weight, labels = _cam_inputs(2, 64, 33, 47, 21)
+    f, w = feat.float(), weight.float()
+    loc = torch.randn(2, 32, 64, 64, generator=_gen(7))
+    bd = torch.rand(2, 1, 200, 200, generator=_gen(8))
+
+    def run():
+        return (gops.cam(f, w, labels, backend="csrc"), gops.local_affinity(loc, 5, backend="csrc"),
+                gops.boundary_affinity(bd, 5, backend="csrc"))
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        first = run()
+        torch.set_num_threads(max(2, before))
+        second = run()
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

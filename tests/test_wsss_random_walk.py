@@ -306,7 +306,8 @@ def test_fp32_walk_as_accurate_as_irn_dense_fp32(device, impl, size, beta):
     )
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.usefixtures("cpu_level")
+@pytest.mark.parametrize("k", [1, 3, 21])
 def test_csrc_cpu_walk_and_boundary_affinity_do_not_depend_on_the_thread_count(k):
     """One class (a parallel region per pass over rows) and three (one per class group): bitwise equal."""
     cam, aff = _irn_scene(24)
@@ -321,3 +322,20 @@ def test_csrc_cpu_walk_and_boundary_affinity_do_not_depend_on_the_thread_count(k
     finally:
         torch.set_num_threads(before)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.usefixtures("cpu_level")
+def test_csrc_cpu_walk_at_every_level():
+    """The CPU pass kernels at each instruction-set level (conftest.py's cpu_level): the dense oracle on small
+    maps (class blocks of every size, rows of one pixel block and of several), fp64 tight, and the fp32
+    accuracy bound of IRN's walk on its scene."""
+    for case, beta, steps in [(SMALL, 8.0, 7), ((1, 21, 6, 7, 2, 4, "local"), 10.0, 7),
+                              ((1, 13, 9, 37, 5, 2, "boundary"), 8.0, 33)]:
+        _check(_run("csrc", "cpu", case, beta, steps), _oracle(*case, beta, steps), f"csrc {case}")
+        out64 = _run("csrc", "cpu", case, beta, steps, dtype=torch.float64)
+        torch.testing.assert_close(out64, _oracle(*case, beta, steps), rtol=1e-9, atol=1e-12)
+    cam, aff = _irn_scene(24)
+    ref = _float64_walk(24, 10.0)
+    irn = _walk_errors(_irn_fp32_walk(24, 10.0), ref)
+    err = _walk_errors(_walker("csrc", "cpu")(cam.float(), aff.float(), 10.0, ACC_STEPS), ref)
+    assert err[0] <= 2 * irn[0] and err[1] <= 2 * irn[1], (err, irn)

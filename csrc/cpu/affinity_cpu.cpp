@@ -6,12 +6,12 @@
 //   0 where p + o_d leaves the map; offsets and paths (IRN's: every pixel of the offset's box within distance 1
 //   of the segment) as grmseg.reference (csrc/wsss.h).
 //
-// Both run one task per (batch, pixel row) under at::parallel_for. The input is first converted to a contiguous
-// tensor of the accumulation type (fp32 for half inputs, fp64 for fp64). local: for each channel the row and its
-// neighbour rows are read once and |f(p) - f(p + o_d)| is added to a D x w accumulator (which stays in L1); the
-// inner loops run over contiguous x ranges, so they vectorise. boundary: a running max per offset over the path
-// points (a max is exact in any order, so the result does not depend on the thread count), again over
-// contiguous x ranges. Every path point lies in the box of p and p + o_d, so all are inside when p + o_d is.
+// The input is copied once into a zero-padded map in the accumulation type (fp32 for half inputs, fp64 for
+// fp64), so that every neighbour and path read is in bounds; then one task per (image, pixel row) under
+// at::parallel_for runs the kernels of csrc/cpu/kernels/affinity_kernel.cpp (one per instruction-set level):
+// local keeps a block of offsets' channel sums in registers, boundary a running max over the path points (a max
+// is exact in any order). Every path point lies in the box of p and p + o_d, so all are inside when p + o_d is.
+// No reduction crosses tasks: the result does not depend on the thread count.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,18 +20,76 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
+#include "cpu/kernels/affinity_kernel.h"
+#include "cpu/parallel.h"
 #include "wsss.h"
 
 namespace grmseg {
 namespace {
 
-// The x range [x0, x1) where x + dx stays inside [0, W).
-inline void x_range(int64_t dx, int64_t W, int64_t& x0, int64_t& x1) {
-  x0 = std::max<int64_t>(0, -dx);
-  x1 = std::min<int64_t>(W, W - dx);
+// x [B, C, H, W] -> [B, C, H + R, Wp] in the accumulation type: pixel (y, x) at (y, L + x), zeros around.
+at::Tensor padded_map(const at::Tensor& x, int64_t R, int64_t L, int64_t Wr, at::ScalarType acc) {
+  const int64_t H = x.size(2), W = x.size(3);
+  at::Tensor out = at::zeros({x.size(0), x.size(1), H + R, L + Wr + L}, x.options().dtype(acc));
+  out.narrow(2, 0, H).narrow(3, L, W).copy_(x);
+  return out;
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The offsets (and, for boundary, their paths) as flat arrays for the kernels.
+struct OffsetTable {
+  std::vector<int64_t> dy, dx, path_begin{0}, path_y, path_x;
+  OffsetTable(int64_t radius, bool paths) {
+    for (const auto& o : wsss::affinity_offsets(radius)) {
+      dy.push_back(o.first);
+      dx.push_back(o.second);
+      if (paths) {
+        for (const auto& pt : wsss::path_offsets(o.first, o.second)) {
+          path_y.push_back(pt.first);
+          path_x.push_back(pt.second);
+        }
+        path_begin.push_back(static_cast<int64_t>(path_y.size()));
+      }
+    }
+  }
+};
+
+// Runs the affinity kernel `which` over (image, row) tasks: x is [B, C, H, W] (C = 1 for boundary).
+at::Tensor run_affinity(const at::Tensor& x, int64_t radius, bool boundary) {
+  const OffsetTable offs(radius, boundary);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), D = static_cast<int64_t>(offs.dy.size());
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  at::Tensor out = at::empty({B, D, H, W}, x.options().dtype(acc));
+  if (out.numel() == 0) return out.to(x.scalar_type());
+  if (C == 0) return out.zero_().to(x.scalar_type());  // (local only) no channels: a mean over nothing
+  const int64_t R = radius - 1, L = round_up(R, cpu::kAffinityPad), Wr = round_up(W, cpu::kAffinityPad);
+  const at::Tensor map = padded_map(x, R, L, Wr, acc);
+  AT_DISPATCH_FLOATING_TYPES(acc, "affinity_forward_cpu", [&] {
+    const cpu::AffinityArgs<scalar_t> args{C,
+                                           H,
+                                           W,
+                                           Wr,
+                                           L + Wr + L,
+                                           L,
+                                           R,
+                                           D,
+                                           map.const_data_ptr<scalar_t>(),
+                                           offs.dy.data(),
+                                           offs.dx.data(),
+                                           offs.path_begin.data(),
+                                           offs.path_y.data(),
+                                           offs.path_x.data(),
+                                           out.mutable_data_ptr<scalar_t>()};
+    const auto& fns = GRMSEG_CPU_KERNELS(affinity_kernels).get<scalar_t>();
+    const auto fn = boundary ? fns.boundary_rows : fns.local_rows;
+    const double per_pixel = boundary ? static_cast<double>(offs.path_y.size()) : 3.0 * C * D;
+    const double work = per_pixel * B * H * Wr;
+    at::parallel_for(0, B * H, cpu::grain_for(B * H, work), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+  });
+  return out.to(x.scalar_type());
 }
 
 }  // namespace
@@ -42,50 +100,7 @@ at::Tensor local_affinity_forward_cpu(const at::Tensor& feat, int64_t radius) {
   wsss::check_float(feat, "feat", who);
   wsss::check_device(feat, "feat", c10::DeviceType::CPU, who);
   wsss::check_radius(radius, who);
-  const auto offs = wsss::affinity_offsets(radius);
-  const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
-  const int64_t D = static_cast<int64_t>(offs.size()), P = H * W;
-  const at::ScalarType acc_type = at::toOpMathType(feat.scalar_type());
-  at::Tensor out = at::zeros({B, D, H, W}, feat.options().dtype(acc_type));
-  if (out.numel() == 0 || C == 0) return out.to(feat.scalar_type());
-  const at::Tensor f = feat.to(acc_type).contiguous();
-
-  AT_DISPATCH_FLOATING_TYPES(acc_type, "local_affinity_forward_cpu", [&] {
-    using acc_t = scalar_t;
-    const acc_t* fp = f.const_data_ptr<acc_t>();
-    acc_t* op = out.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> acc(static_cast<size_t>(D * W));
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / H, y = task % H;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t* plane = fp + (bi * C + c) * P;
-          const acc_t* __restrict row = plane + y * W;
-          for (int64_t d = 0; d < D; ++d) {
-            const int64_t dy = offs[d].first, dx = offs[d].second;
-            if (y + dy >= H) continue;
-            const acc_t* __restrict nrow = plane + (y + dy) * W;
-            acc_t* __restrict a = acc.data() + d * W;
-            int64_t x0, x1;
-            x_range(dx, W, x0, x1);
-            for (int64_t x = x0; x < x1; ++x) a[x] += std::abs(row[x] - nrow[x + dx]);
-          }
-        }
-        const acc_t cc = static_cast<acc_t>(C);
-        for (int64_t d = 0; d < D; ++d) {
-          const int64_t dy = offs[d].first, dx = offs[d].second;
-          if (y + dy >= H) continue;  // the row stays 0
-          const acc_t* a = acc.data() + d * W;
-          acc_t* o = op + ((bi * D + d) * H + y) * W;
-          int64_t x0, x1;
-          x_range(dx, W, x0, x1);
-          for (int64_t x = x0; x < x1; ++x) o[x] = std::exp(-(a[x] / cc));
-        }
-      }
-    });
-  });
-  return out.to(feat.scalar_type());
+  return run_affinity(feat, radius, false);
 }
 
 at::Tensor boundary_affinity_forward_cpu(const at::Tensor& boundary, int64_t radius) {
@@ -95,44 +110,7 @@ at::Tensor boundary_affinity_forward_cpu(const at::Tensor& boundary, int64_t rad
   wsss::check_float(boundary, "boundary", who);
   wsss::check_device(boundary, "boundary", c10::DeviceType::CPU, who);
   wsss::check_radius(radius, who);
-  const auto offs = wsss::affinity_offsets(radius);
-  const int64_t B = boundary.size(0), H = boundary.size(2), W = boundary.size(3);
-  const int64_t D = static_cast<int64_t>(offs.size()), P = H * W;
-  std::vector<std::vector<wsss::Offset>> paths;
-  for (const auto& o : offs) paths.push_back(wsss::path_offsets(o.first, o.second));
-  const at::ScalarType acc_type = at::toOpMathType(boundary.scalar_type());
-  at::Tensor out = at::zeros({B, D, H, W}, boundary.options().dtype(acc_type));
-  if (out.numel() == 0) return out.to(boundary.scalar_type());
-  const at::Tensor bd = boundary.to(acc_type).contiguous();
-
-  AT_DISPATCH_FLOATING_TYPES(acc_type, "boundary_affinity_forward_cpu", [&] {
-    using acc_t = scalar_t;
-    const acc_t* bp = bd.const_data_ptr<acc_t>();
-    acc_t* op = out.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> mx(static_cast<size_t>(W));
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / H, y = task % H;
-        const acc_t* plane = bp + bi * P;
-        for (int64_t d = 0; d < D; ++d) {
-          const int64_t dy = offs[d].first, dx = offs[d].second;
-          if (y + dy >= H) continue;  // the row stays 0
-          int64_t x0, x1;
-          x_range(dx, W, x0, x1);
-          const acc_t* __restrict row = plane + y * W;  // path point 0 is (0, 0)
-          for (int64_t x = x0; x < x1; ++x) mx[x] = row[x];
-          for (size_t i = 1; i < paths[d].size(); ++i) {
-            const int64_t py = paths[d][i].first, px = paths[d][i].second;
-            const acc_t* __restrict prow = plane + (y + py) * W;
-            for (int64_t x = x0; x < x1; ++x) mx[x] = wsss::nan_max(mx[x], prow[x + px]);
-          }
-          acc_t* o = op + ((bi * D + d) * H + y) * W;
-          for (int64_t x = x0; x < x1; ++x) o[x] = acc_t(1) - mx[x];
-        }
-      }
-    });
-  });
-  return out.to(boundary.scalar_type());
+  return run_affinity(boundary, radius, true);
 }
 
 at::Tensor local_affinity_forward_meta(const at::Tensor& feat, int64_t radius) {

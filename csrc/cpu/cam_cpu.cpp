@@ -3,137 +3,97 @@
 //   feat [B, C, h, w], weight [K, C], labels [B, K] or none  ->  cam [B, K, h, w]
 //   cam[b, k] = relu(weight feat[b])[k] / (spatial max + 1e-5), zero for the classes absent from labels.
 //
-// Pass 1: (batch, pixel chunk) tasks under at::parallel_for. A chunk is walked in tiles of kTile pixels: the tile
-// of feat is converted to the accumulation type once (any strides), the K x kTile scores are accumulated over
-// channel blocks of kCB (so the feat block stays in L1), ReLU'd and written, and the chunk's per-class max kept.
-// Pass 2: per (batch, class) the chunk maxima are reduced in a fixed order and the scores divided and masked.
-// Deterministic (the chunking depends on the shapes only). fp32 accumulation for half inputs, fp64 for fp64.
+// Only the classes present in an image are computed: their weight rows are gathered per image, and the scores of
+// (image, pixel chunk) tasks (csrc/cpu/kernels/cam_kernel.cpp, one per instruction-set level) go to the output
+// (fp32 / fp64) or an fp32 buffer (fp16 / bf16) with each task's maximum per class; then each (image, class) row
+// is divided by its maximum (reduced over the chunks in a fixed order) or zeroed. The chunking depends on the
+// shapes only, so the result does not depend on the thread count. fp32 accumulation for half inputs.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
 #include <vector>
 
+#include "cpu/kernels/cam_kernel.h"
+#include "cpu/parallel.h"
 #include "wsss.h"
 
 namespace grmseg {
 namespace {
 
-constexpr int64_t kTile = 64;   // pixels per tile
-constexpr int64_t kCB = 64;     // channels per block
-constexpr double kCamEps = 1e-5;
-
-template <typename scalar_t, typename acc_t>
-void project_chunk(const scalar_t* __restrict fb, int64_t sc, int64_t sh, int64_t sw, int64_t W, const acc_t* __restrict w,
-                   int64_t K, int64_t C, int64_t P, int64_t p_begin, int64_t p_end, acc_t* __restrict raw_b,
-                   acc_t* __restrict chunk_max, std::vector<acc_t>& xt, std::vector<acc_t>& s) {
-  for (int64_t k = 0; k < K; ++k) chunk_max[k] = acc_t(0);
-  for (int64_t p0 = p_begin; p0 < p_end; p0 += kTile) {
-    const int64_t np = std::min(kTile, p_end - p0);
-    // 1. the feat tile [C][kTile] in the accumulation type, zero-padded
-    int64_t poff[kTile];
-    for (int64_t i = 0; i < np; ++i) poff[i] = ((p0 + i) / W) * sh + ((p0 + i) % W) * sw;
-    for (int64_t c = 0; c < C; ++c) {
-      acc_t* dst = xt.data() + c * kTile;
-      const scalar_t* src = fb + c * sc;
-      for (int64_t i = 0; i < np; ++i) dst[i] = static_cast<acc_t>(src[poff[i]]);
-      for (int64_t i = np; i < kTile; ++i) dst[i] = acc_t(0);
-    }
-    // 2. s[k][p] = sum_c w[k][c] x[c][p], channel block by channel block
-    std::fill(s.begin(), s.end(), acc_t(0));
-    for (int64_t c0 = 0; c0 < C; c0 += kCB) {
-      const int64_t c1 = std::min(C, c0 + kCB);
-      for (int64_t k = 0; k < K; ++k) {
-        acc_t* __restrict sk = s.data() + k * kTile;
-        const acc_t* wk = w + k * C;
-        for (int64_t c = c0; c < c1; ++c) {
-          const acc_t wkc = wk[c];
-          const acc_t* __restrict xc = xt.data() + c * kTile;
-          for (int64_t i = 0; i < kTile; ++i) sk[i] += wkc * xc[i];
-        }
-      }
-    }
-    // 3. ReLU, store, running max
-    for (int64_t k = 0; k < K; ++k) {
-      const acc_t* sk = s.data() + k * kTile;
-      acc_t* out = raw_b + k * P + p0;
-      acc_t mx = chunk_max[k];
-      for (int64_t i = 0; i < np; ++i) {
-        const acc_t v = wsss::nan_relu(sk[i]);
-        out[i] = v;
-        mx = wsss::nan_max(mx, v);
-      }
-      chunk_max[k] = mx;
-    }
-  }
-}
+constexpr int64_t kTargetTasks = 32;
 
 }  // namespace
 
 at::Tensor cam_forward_cpu(const at::Tensor& feat, const at::Tensor& weight, const std::optional<at::Tensor>& labels) {
   const char* who = "grmseg_C::cam_forward (CPU)";
   wsss::check_cam_inputs(feat, weight, labels, c10::DeviceType::CPU, who);
+  const at::NoGradGuard no_grad;  // the ATen calls below are this kernel's own arithmetic
   const int64_t B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), K = weight.size(0);
   const int64_t P = H * W;
   at::Tensor out = at::empty({B, K, H, W}, feat.options());
   if (out.numel() == 0) return out;
   if (C == 0) return out.zero_();
 
-  const at::ScalarType acc_type = at::toOpMathType(feat.scalar_type());
-  const at::Tensor w_acc = weight.to(acc_type).contiguous();
-  const bool direct = acc_type == feat.scalar_type();
-  at::Tensor raw = direct ? out : at::empty({B, K, H, W}, feat.options().dtype(acc_type));
-  std::vector<uint8_t> keep(static_cast<size_t>(B * K), 1);
-  if (labels.has_value()) {
-    const at::Tensor present = labels->ne(0).to(at::kByte).contiguous();
-    std::copy(present.const_data_ptr<uint8_t>(), present.const_data_ptr<uint8_t>() + B * K, keep.begin());
+  // The present classes of each image, and their weight rows (in the accumulation type).
+  const at::ScalarType acc = at::toOpMathType(feat.scalar_type());
+  at::Tensor keep = labels.has_value() ? labels->ne(0).to(at::kByte).contiguous()
+                                       : at::ones({B, K}, feat.options().dtype(at::kByte));
+  const uint8_t* keep_p = keep.const_data_ptr<uint8_t>();
+  std::vector<int64_t> classes(static_cast<size_t>(B * K)), present(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      if (keep_p[b * K + k]) classes[static_cast<size_t>(b * K + n++)] = k;
+    }
+    present[static_cast<size_t>(b)] = n;
+  }
+  const at::Tensor w_acc = weight.to(acc).contiguous();
+  at::Tensor w_sel = at::empty({B, K, C}, weight.options().dtype(acc));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = present[static_cast<size_t>(b)];
+    if (n == 0) continue;
+    const at::Tensor idx = at::from_blob(classes.data() + b * K, {n}, at::TensorOptions().dtype(at::kLong));
+    w_sel[b].narrow(0, 0, n).copy_(w_acc.index_select(0, idx));
   }
 
-  // Chunking: a function of the shapes only.
-  const int64_t tiles = (P + kTile - 1) / kTile;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tiles, (64 + B - 1) / B));
-  const int64_t chunk_px = ((tiles + chunks - 1) / chunks) * kTile;
+  // (image, pixel chunk) tasks: a function of the shapes only.
+  const int64_t tiles = (P + cpu::kCamTile - 1) / cpu::kCamTile;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tiles, (kTargetTasks + B - 1) / B));
+  const int64_t chunk_px = ((tiles + chunks - 1) / chunks) * cpu::kCamTile;
   const int64_t nchunks = (P + chunk_px - 1) / chunk_px;
+  const at::Tensor f = feat.reshape({B, C, P});  // a view whenever the strides allow
+  at::Tensor raw = acc == feat.scalar_type() ? out : at::empty({B, K, H, W}, feat.options().dtype(acc));
+  at::Tensor maxima = at::empty({B * nchunks, K}, feat.options().dtype(acc));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "cam_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* fp = feat.const_data_ptr<scalar_t>();
-    const int64_t sb = feat.stride(0), sc = feat.stride(1), sh = feat.stride(2), sw = feat.stride(3);
-    const acc_t* wp = w_acc.const_data_ptr<acc_t>();
-    acc_t* rp = raw.mutable_data_ptr<acc_t>();
-    std::vector<acc_t> maxima(static_cast<size_t>(B * nchunks * K));
-
-    at::parallel_for(0, B * nchunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> xt(static_cast<size_t>(C * kTile)), s(static_cast<size_t>(K * kTile));
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / nchunks, ci = task % nchunks;
-        const int64_t p_begin = ci * chunk_px, p_end = std::min(P, p_begin + chunk_px);
-        project_chunk<scalar_t, acc_t>(fp + bi * sb, sc, sh, sw, W, wp, K, C, P, p_begin, p_end, rp + bi * K * P,
-                                       maxima.data() + task * K, xt, s);
-      }
-    });
-
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t bi = i / K, k = i % K;
-        acc_t mx = acc_t(0);
-        for (int64_t ci = 0; ci < nchunks; ++ci) mx = wsss::nan_max(mx, maxima[(bi * nchunks + ci) * K + k]);
-        const acc_t denom = mx + static_cast<acc_t>(kCamEps);
-        const acc_t* src = rp + i * P;
-        scalar_t* dst = op + i * P;
-        if (keep[i]) {
-          for (int64_t p = 0; p < P; ++p) dst[p] = static_cast<scalar_t>(src[p] / denom);
-        } else {
-          for (int64_t p = 0; p < P; ++p) dst[p] = static_cast<scalar_t>(0);
-        }
-      }
-    });
+    using acc_t = cpu::acc_type<scalar_t>;
+    const cpu::CamArgs<scalar_t> args{B,
+                                      C,
+                                      P,
+                                      K,
+                                      nchunks,
+                                      chunk_px,
+                                      {f.const_data_ptr<scalar_t>(), f.stride(0), f.stride(1), f.stride(2)},
+                                      w_sel.const_data_ptr<acc_t>(),
+                                      classes.data(),
+                                      present.data(),
+                                      keep_p,
+                                      raw.mutable_data_ptr<acc_t>(),
+                                      maxima.mutable_data_ptr<acc_t>(),
+                                      out.mutable_data_ptr<scalar_t>()};
+    const auto& fns = GRMSEG_CPU_KERNELS(cam_kernels).get<scalar_t>();
+    const double work = 2.0 * B * K * C * P;
+    at::parallel_for(0, B * nchunks, cpu::grain_for(B * nchunks, work),
+                     [&](int64_t begin, int64_t end) { fns.scores(args, begin, end); });
+    at::parallel_for(0, B * K, cpu::grain_for(B * K, static_cast<double>(B) * K * P),
+                     [&](int64_t begin, int64_t end) { fns.normalize(args, begin, end); });
   });
   return out;
 }
@@ -144,6 +104,7 @@ at::Tensor cam_forward_meta(const at::Tensor& feat, const at::Tensor& weight, co
   TORCH_CHECK(weight.dim() == 2, who, ": weight must be [K, C], got a tensor of shape ", weight.sym_sizes());
   TORCH_CHECK(weight.scalar_type() == feat.scalar_type(), who, ": weight must have the dtype of feat (",
               feat.scalar_type(), "), got ", weight.scalar_type());
+  (void)labels;
   return at::empty_symint({feat.sym_size(0), weight.sym_size(0), feat.sym_size(2), feat.sym_size(3)}, feat.options());
 }
 

@@ -11,6 +11,8 @@
 // few hundred nodes and F, D a few thousand features, so the GEMMs are small and the layer is a handful of
 // launches. The batch sums are GEMMs over the flattened batch (one fixed order: deterministic).
 
+#include "graph_conv.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -29,42 +31,6 @@ namespace grmseg {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr double kLeakySlope = 0.2;  // grmseg.reference.LEAKY_SLOPE
-
-int activation_code(std::string_view activation, const char* who) {
-  if (activation == "none") return 0;
-  if (activation == "relu") return 1;
-  if (activation == "leaky_relu") return 2;
-  TORCH_CHECK(false, who, ": activation must be one of 'relu', 'leaky_relu', 'none', got '", std::string(activation),
-              "'");
-  return -1;
-}
-
-void check_inputs(const at::Tensor& z, const at::Tensor& adj, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias, const char* who) {
-  TORCH_CHECK(z.dim() == 3, who, ": z must be [B, K, F], got a tensor of shape ", z.sizes());
-  const int64_t K = z.size(1), F = z.size(2);
-  TORCH_CHECK(adj.dim() == 2 && adj.size(0) == K && adj.size(1) == K, who, ": adj must be [K, K] with K = ", K,
-              ", got a tensor of shape ", adj.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == F, who, ": weight must be [F, D] with F = ", F,
-              ", got a tensor of shape ", weight.sizes());
-  const auto dt = z.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, who,
-              ": z must be float16, bfloat16, float32 or float64, got ", dt);
-  TORCH_CHECK(adj.scalar_type() == dt && weight.scalar_type() == dt, who, ": z, adj and weight must have the same ",
-              "dtype, got z ", dt, ", adj ", adj.scalar_type(), ", weight ", weight.scalar_type());
-  TORCH_CHECK(z.is_cuda(), who, ": z must be a CUDA tensor, got one on ", z.device());
-  TORCH_CHECK(adj.device() == z.device() && weight.device() == z.device(), who,
-              ": z, adj and weight must be on the same device, got z on ", z.device(), ", adj on ", adj.device(),
-              ", weight on ", weight.device());
-  if (bias.has_value()) {
-    const at::Tensor& b = *bias;
-    TORCH_CHECK(b.dim() == 1 && b.size(0) == weight.size(1), who, ": bias must be [D] with D = ", weight.size(1),
-                ", got a tensor of shape ", b.sizes());
-    TORCH_CHECK(b.scalar_type() == dt, who, ": bias must have the dtype of z (", dt, "), got ", b.scalar_type());
-    TORCH_CHECK(b.device() == z.device(), who, ": bias must be on ", z.device(), ", got ", b.device());
-  }
-}
 
 unsigned int grid_for(int64_t n) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535)));
@@ -110,8 +76,8 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor graph_conv_forward_cuda(const at::Tensor& z, const at::Tensor& adj, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias, c10::string_view activation) {
   const char* who = "grmseg_C::graph_conv_forward (CUDA)";
-  check_inputs(z, adj, weight, bias, who);
-  const int act = activation_code(activation, who);
+  check_graph_conv_inputs(z, adj, weight, bias, c10::DeviceType::CUDA, who);
+  const int act = static_cast<int>(parse_graph_act(std::string(activation), who));
   const c10::cuda::CUDAGuard device_guard(z.device());
   const int64_t B = z.size(0), K = z.size(1), D = weight.size(1);
   at::Tensor out = at::empty({B, K, D}, z.options());
@@ -136,8 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_conv_backward_c
     const at::Tensor& gout, const at::Tensor& out, const at::Tensor& z, const at::Tensor& adj,
     const at::Tensor& weight, const std::optional<at::Tensor>& bias, c10::string_view activation) {
   const char* who = "grmseg_C::graph_conv_backward (CUDA)";
-  check_inputs(z, adj, weight, bias, who);
-  const int act = activation_code(activation, who);
+  check_graph_conv_inputs(z, adj, weight, bias, c10::DeviceType::CUDA, who);
+  const int act = static_cast<int>(parse_graph_act(std::string(activation), who));
   const int64_t B = z.size(0), K = z.size(1), F = z.size(2), D = weight.size(1);
   for (const at::Tensor* t : {&gout, &out}) {
     TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == K && t->size(2) == D, who,

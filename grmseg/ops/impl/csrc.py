@@ -10,6 +10,8 @@ compiled at run time through CuPy's NVRTC (``cupy_nvrtc``); ``status("cuda")`` t
 
 from __future__ import annotations
 
+import platform
+
 import torch
 from torch import Tensor
 
@@ -18,9 +20,30 @@ from grmseg.ops import _backends
 from grmseg.ops.impl import cupy_nvrtc
 
 NAME = "csrc"
-#: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks):
-#: on the CPU the fused cam kernel runs at ~0.5x of the reference, whose projection is one BLAS call.
-NOT_AUTO = {"cpu": frozenset({"cam_forward"})}
+#: CPU kernels that are slower than the reference at every instruction-set level, measured at the CPU benchmark
+#: sizes (benchmarks/results/cpu-xeon-2core: graph_conv's forward is one GEMM that both run in MKL, and the
+#: reference's single call beats the fixed blocks that keep csrc's result independent of the thread count:
+#: 0.81-0.91x at one thread).
+SLOWER_ON_CPU = frozenset({"graph_conv_forward"})
+#: CPU kernels that are also slower than the reference when they run at the baseline instruction-set level of
+#: x86-64 (SSE2: a CPU without AVX2, or ``GRMSEG_CPU_CAPABILITY=default``), measured at the CPU benchmark sizes.
+SLOWER_AT_X86_BASELINE = frozenset(
+    {"grm_project_forward", "grm_reproject_forward", "grm_reproject_backward", "graph_conv_forward",
+     "graph_conv_backward"}
+)
+
+
+def _not_auto() -> dict[str, frozenset[str]]:
+    if _ext.cpu_capability() == "default" and platform.machine().lower() in ("x86_64", "amd64"):
+        return {"cpu": SLOWER_ON_CPU | SLOWER_AT_X86_BASELINE}
+    return {"cpu": SLOWER_ON_CPU}
+
+
+#: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks;
+#: a forced backend still runs them). At the AVX2 and AVX-512 levels every other CPU kernel beats the reference at
+#: the benchmark sizes (README); at x86-64's baseline level some more do not. Taken from the level in use at
+#: import (``$GRMSEG_CPU_CAPABILITY``).
+NOT_AUTO: dict[str, frozenset[str]] = _not_auto()
 
 KERNEL_NAMES = _backends.KERNEL_NAMES
 

@@ -1,0 +1,132 @@
+"""Interleaved A/B timing of csrc against the eager reference on a shared CPU: ``python -m benchmarks.interleaved``.
+
+On a machine shared with other work the load changes from one second to the next, so rows timed one after the
+other (the main harness) compare different machines. Here every round times the reference once, csrc once and
+(for ``of sgemm``) one 1024^3 sgemm, in alternating order, so each ratio compares calls made within a fraction of
+a second of each other; the table gives the medians over the rounds (times and per-round ratios).
+Cases: the CPU size set (:mod:`benchmarks.cases`), fp32, at every thread count given; the dense reference random
+walk only where it fits ``--dense-max-pixels`` (it takes seconds a call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import providers as prov
+from benchmarks.cases import SIZE_SETS, make_cases
+from benchmarks.machine import machine_info
+
+REF, CSRC = prov.Provider("reference", "reference"), prov.Provider("csrc", "csrc")
+
+
+def _once(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def compare(
+    ops: Sequence[str] | None, threads: Sequence[int], rounds: int, sizes: str = "cpu", dense_max_pixels: int = 32 * 32,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Rows of ``{op, phase, shape, threads, ref_ms, csrc_ms, ratio, of_sgemm}`` (medians over ``rounds``)."""
+    device = torch.device("cpu")
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    out = []
+    for case in make_cases(SIZE_SETS[sizes], ops):
+        if case.dtype_name != "fp32":
+            continue
+        inputs = case.inputs(device)
+        dense = case.op.name != "random_walk" or case.params["H"] * case.params["W"] <= dense_max_pixels
+        flops = case.flops(inputs)
+        for t in threads:
+            torch.set_num_threads(t)
+            ref = prov.build(case, REF, inputs).timed if dense else None
+            ours = prov.build(case, CSRC, inputs).timed
+            for fn in (ref, ours):
+                if fn is not None:
+                    fn()
+            times: dict[str, list[float]] = {"ref": [], "csrc": [], "sgemm": []}
+            gc.disable()
+            try:
+                for i in range(rounds):
+                    order = [("ref", ref), ("csrc", ours), ("sgemm", lambda: torch.mm(a, b))]
+                    for name, fn in order if i % 2 == 0 else order[::-1]:
+                        if fn is not None:
+                            times[name].append(_once(fn))
+            finally:
+                gc.enable()
+            row: dict[str, Any] = {"op": case.op.name, "phase": case.phase, "shape": case.shape, "threads": t,
+                                   "rounds": rounds, "csrc_ms": statistics.median(times["csrc"])}
+            sgemm_rate = [2 * 1024**3 / (ms * 1e-3) for ms in times["sgemm"]]
+            row["of_sgemm"] = statistics.median(
+                flops / (c * 1e-3) / s for c, s in zip(times["csrc"], sgemm_rate, strict=True))
+            row["sgemm_gflops"] = statistics.median(sgemm_rate) / 1e9
+            if ref is not None:
+                row["ref_ms"] = statistics.median(times["ref"])
+                row["ratio"] = statistics.median(r / c for r, c in zip(times["ref"], times["csrc"], strict=True))
+            out.append(row)
+            ratio = f" ratio {row['ratio']:.2f}x" if "ratio" in row else ""
+            log(f"{case.op.name} {case.phase} {case.shape} {t}t: csrc {row['csrc_ms']:.4g} ms{ratio}"
+                f" of sgemm {row['of_sgemm']:.2f}")
+        del inputs
+    return out
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| op | phase | shape | threads | reference ms | csrc ms | csrc vs ref (median ratio) | csrc of sgemm |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ref = f"{r['ref_ms']:.4g}" if "ref_ms" in r else "not run (dense)"
+        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+        lines.append(f"| {r['op']} | {r['phase']} | {r['shape']} | {r['threads']} | {ref} | {r['csrc_ms']:.4g} | "
+                     f"{ratio} | {r['of_sgemm']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``--ops``, ``--threads 1,2``, ``--rounds``, ``--cpu-level``, ``--out DIR``."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.interleaved", description=__doc__.splitlines()[0])
+    p.add_argument("--ops", help="comma-separated op names (default: all)")
+    p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--sizes", default="cpu", choices=sorted(SIZE_SETS))
+    p.add_argument("--cpu-level", choices=("default", "avx2", "avx512"))
+    p.add_argument("--dense-max-pixels", type=int, default=32 * 32)
+    p.add_argument("--out", help="write DIR/interleaved.json and DIR/interleaved.md")
+    a = p.parse_args(argv)
+    if a.cpu_level:
+        from grmseg import _ext
+
+        _ext.set_cpu_capability(a.cpu_level)
+    ops = a.ops.split(",") if a.ops else [n for n in ("grm_project", "grm_reproject", "graph_conv", "cam",
+                                                       "local_affinity", "boundary_affinity", "random_walk",
+                                                       "grm_layer")]
+    threads = [int(t) for t in a.threads.split(",")]
+    rows = compare(ops, threads, a.rounds, a.sizes, a.dense_max_pixels)
+    md = format_markdown(rows)
+    print(md)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        from grmseg import _ext
+
+        info = {"machine": machine_info(torch.device("cpu"), None), "cpu_level": _ext.cpu_capability(),
+                "rounds": a.rounds, "rows": rows}
+        (out / "interleaved.json").write_text(json.dumps(info, indent=1))
+        (out / "interleaved.md").write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,219 @@
+// The GRM kernels on the CPU, one instruction-set level per compilation (see csrc/cpu/capability.h).
+//
+// Per tile of kGrmTile pixels of one batch element (x, and gy, read once; in place when fp32/fp64 and
+// pixel-contiguous), everything stays in cache:
+//   grm_project forward     S = W X + b;  A = softmax_K(S);  h += A X^T;  m += rowsum(A)
+//   grm_project backward    [S; G] = [W; GH] X + [b; gm];  A = softmax_K(S);  GS = A * (G - colsum(A * G))
+//                           gx = [GH^T W^T] [A; GS];  gw += GS X^T;  gb += rowsum(GS)
+//   grm_reproject forward   E = Q X;  A = softmax_K(E);  y = X + V^T A
+//   grm_reproject backward  E = Q X;  A = softmax_K(E);  GA = V GY;  gv += A GY^T;
+//                           GE = A * (GA - colsum(A * GA));  gq += GE X^T;  gx = GY + Q^T GE
+// The products are gemm_nn (reduction over C or K: broadcasts of the small matrix against pixel vectors) and
+// gemm_nt (reduction over the tile's pixels, with horizontal sums per tile; the [K, C] partials are kept
+// transposed, [C, K]), both register-blocked in csrc/cpu/kernels/gemm.h; the tiles are copied into buffers with a
+// padded row stride first; the softmax runs over K with the pixels in the vector lanes.
+
+#include "cpu/kernels/grm_kernel.h"
+
+#include "cpu/kernels/gemm.h"
+
+namespace grmseg {
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+constexpr int64_t kT = kGrmTile;
+
+// The tile after the one at pixel p0 of image bi of a map (the next one this thread most likely works on: the
+// next pixels, or the first ones of the next image), to prefetch; nothing when the map is not pixel-contiguous.
+template <typename T>
+Prefetch next_tile(const MapView<T>& m, const GrmSplit& s, int64_t bi, int64_t p0) {
+  if (m.sp != 1) return {};
+  int64_t p = p0 + kT;
+  if (p >= s.P) {
+    if (bi + 1 >= s.B) return {};
+    ++bi;
+    p = 0;
+  }
+  constexpr auto elem = static_cast<int64_t>(sizeof(T));
+  return {reinterpret_cast<const char*>(m.data + bi * m.sb + p), m.sc * elem, std::min(kT, s.P - p) * elem};
+}
+
+struct TaskRange {
+  int64_t bi, p_begin, p_end;
+  TaskRange(const GrmSplit& s, int64_t task)
+      : bi(task / s.chunks),
+        p_begin((task % s.chunks) * s.chunk_px),
+        p_end(std::min(s.P, (task % s.chunks) * s.chunk_px + s.chunk_px)) {}
+};
+
+// One tile of a task: pixels [p0, p0 + np) of image bi, nc = np rounded up to whole vectors.
+struct Tile {
+  int64_t bi, p0, np, nc;
+};
+
+// Where the last product of a tile can write its [C, np] result straight into the output map out (a contiguous
+// [C, P] map of T) with streaming stores: a large output in the accumulation type, whole vectors, aligned rows.
+// Null otherwise (the result then goes through the tile buffer and store_tile).
+template <typename T>
+T* direct_output(T* out, int64_t P, const Tile& t, bool stream) {
+  if constexpr (std::is_same_v<T, acc_type<T>>) {
+    if (stream && t.np == t.nc && can_stream(out + t.p0, P)) return out + t.p0;
+  }
+  return nullptr;
+}
+
+// Calls on_tile(tile) for every tile of every task in [begin, end), after on_task(task, image) for each task.
+template <typename acc_t, typename OnTask, typename OnTile>
+void for_each_tile(const GrmSplit& s, int64_t begin, int64_t end, const OnTask& on_task, const OnTile& on_tile) {
+  for (int64_t task = begin; task < end; ++task) {
+    const TaskRange t(s, task);
+    on_task(task, t.bi);
+    for (int64_t p0 = t.p_begin; p0 < t.p_end; p0 += kT) {
+      const int64_t np = std::min(kT, t.p_end - p0);
+      on_tile(Tile{t.bi, p0, np, round_up(np, kVL<acc_t>)});
+    }
+  }
+}
+
+template <typename T>
+void project_forward(const ProjectForwardArgs<T>& a, int64_t begin, int64_t end) {
+  using acc_t = acc_type<T>;
+  constexpr int64_t ld = tile_ld<acc_t>(kT);
+  const GrmSplit& s = a.s;
+  const int64_t C = s.C, K = s.K;
+  Scratch<acc_t> xbuf(C * ld), sbuf(K * ld);
+  acc_t *X = xbuf.data(), *S = sbuf.data();
+  acc_t *ht = nullptr, *m = nullptr;
+  const auto on_task = [&](int64_t task, int64_t) {
+    ht = a.ht + task * C * K;
+    m = a.m + task * K;
+    std::fill(ht, ht + C * K, acc_t(0));
+    std::fill(m, m + K, acc_t(0));
+  };
+  for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
+    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
+    fill_rows(S, K, ld, t.nc, a.b);
+    gemm_nn<acc_t>(K, t.nc, C, a.w, C, 1, X, ld, S, ld, S, ld);  // S = W X + b
+    softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                 // A
+    for (int64_t k = 0; k < K; ++k) m[k] += sum_vec<acc_t>(S + k * ld, t.nc);
+    gemm_nt<acc_t>(K, C, t.nc, S, ld, X, ld, ht, K, next_tile(a.x, s, t.bi, t.p0));  // h^T += X A^T
+  });
+}
+
+template <typename T>
+void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t end) {
+  using acc_t = acc_type<T>;
+  constexpr int64_t ld = tile_ld<acc_t>(kT);
+  const GrmSplit& s = a.s;
+  const int64_t C = s.C, K = s.K, P = s.P;
+  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  Scratch<acc_t> xbuf(C * ld), zbuf(2 * K * ld);
+  acc_t* X = xbuf.data();  // X, then gx
+  acc_t* Z = zbuf.data();  // rows [0, K): S -> A; rows [K, 2K): G -> GS
+  acc_t* G = Z + K * ld;
+  acc_t *gwt = nullptr, *gb = nullptr;
+  const auto on_task = [&](int64_t task, int64_t) {
+    gwt = a.gwt + task * C * K;
+    gb = a.gb + task * K;
+    std::fill(gwt, gwt + C * K, acc_t(0));
+    std::fill(gb, gb + K, acc_t(0));
+  };
+  for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
+    const acc_t* wg = a.wg + t.bi * 2 * K * C;
+    const acc_t* nt = a.nt + t.bi * C * 2 * K;
+    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
+    fill_rows(Z, 2 * K, ld, t.nc, a.bg + t.bi * 2 * K);
+    gemm_nn<acc_t>(2 * K, t.nc, C, wg, C, 1, X, ld, Z, ld, Z, ld);  // [S; G] = [W; GH] X + [b; gm]
+    softmax_columns<acc_t>(Z, K, ld, t.nc, t.np);                    // A
+    softmax_backward_columns<acc_t>(Z, G, K, ld, t.nc);              // GS
+    gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K);                // gw^T += X GS^T
+    for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
+    // gx = [GH^T W^T] [A; GS], straight to gx when it can be, else through X
+    T* gx = a.gx + t.bi * C * P;
+    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(gx, P, t, stream))) {
+      gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, out, P, next_tile(a.x, s, t.bi, t.p0), true);
+    } else {
+      gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, X, ld, next_tile(a.x, s, t.bi, t.p0));
+      store_tile<T, acc_t>(X, ld, gx, P, t.p0, C, t.np, stream);
+    }
+  });
+  stream_fence();
+}
+
+template <typename T>
+void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t end) {
+  using acc_t = acc_type<T>;
+  constexpr int64_t ld = tile_ld<acc_t>(kT);
+  const GrmSplit& s = a.s;
+  const int64_t C = s.C, K = s.K, P = s.P;
+  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  Scratch<acc_t> xbuf(C * ld), sbuf(K * ld);
+  acc_t *X = xbuf.data(), *S = sbuf.data();  // X, then y
+  for_each_tile<acc_t>(s, begin, end, [](int64_t, int64_t) {}, [&](const Tile& t) {
+    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
+    gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, X, ld, nullptr, 0, S, ld);  // E = Q X
+    softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
+    // y = X + V^T A, straight to y when it can be, else in place in X
+    const acc_t* vt = a.vt + t.bi * C * K;
+    T* y = a.y + t.bi * C * P;
+    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(y, P, t, stream))) {
+      gemm_nn<acc_t>(C, t.nc, K, vt, K, 1, S, ld, X, ld, out, P, next_tile(a.x, s, t.bi, t.p0), true);
+    } else {
+      gemm_nn<acc_t>(C, t.nc, K, vt, K, 1, S, ld, X, ld, X, ld, next_tile(a.x, s, t.bi, t.p0));
+      store_tile<T, acc_t>(X, ld, y, P, t.p0, C, t.np, stream);
+    }
+  });
+  stream_fence();
+}
+
+template <typename T>
+void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_t end) {
+  using acc_t = acc_type<T>;
+  constexpr int64_t ld = tile_ld<acc_t>(kT);
+  const GrmSplit& s = a.s;
+  const int64_t C = s.C, K = s.K, P = s.P;
+  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  Scratch<acc_t> xbuf(C * ld), gbuf(C * ld), sbuf(2 * K * ld);
+  acc_t *X = xbuf.data(), *GY = gbuf.data();  // GY, then gx
+  acc_t* S = sbuf.data();                      // E -> A
+  acc_t* G = S + K * ld;                       // GA -> GE
+  acc_t *gqt = nullptr, *gvt = nullptr;
+  const auto on_task = [&](int64_t task, int64_t) {
+    gqt = a.gqt + task * C * K;
+    gvt = a.gvt + task * C * K;
+    std::fill(gqt, gqt + C * K, acc_t(0));
+    std::fill(gvt, gvt + C * K, acc_t(0));
+  };
+  for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
+    const acc_t* q = a.q + t.bi * K * C;
+    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
+    load_tile<T, acc_t>(a.gy.data + t.bi * a.gy.sb, a.gy.sc, a.gy.sp, C, t.p0, t.np, t.nc, GY, ld);
+    gemm_nn<acc_t>(K, t.nc, C, q, C, 1, X, ld, nullptr, 0, S, ld);                        // E = Q X
+    softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                          // A
+    gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, GY, ld, nullptr, 0, G, ld);      // GA = V GY
+    gemm_nt<acc_t>(K, C, t.nc, S, ld, GY, ld, gvt, K, next_tile(a.gy, s, t.bi, t.p0));    // gv^T += GY A^T
+    softmax_backward_columns<acc_t>(S, G, K, ld, t.nc);                                    // GE
+    gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gqt, K);                                      // gq^T += X GE^T
+    // gx = GY + Q^T GE, straight to gx when it can be, else in place in GY
+    const acc_t* qt = a.qt + t.bi * C * K;
+    T* gx = a.gx + t.bi * C * P;
+    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(gx, P, t, stream))) {
+      gemm_nn<acc_t>(C, t.nc, K, qt, K, 1, G, ld, GY, ld, out, P, next_tile(a.x, s, t.bi, t.p0), true);
+    } else {
+      gemm_nn<acc_t>(C, t.nc, K, qt, K, 1, G, ld, GY, ld, GY, ld, next_tile(a.x, s, t.bi, t.p0));
+      store_tile<T, acc_t>(GY, ld, gx, P, t.p0, C, t.np, stream);
+    }
+  });
+  stream_fence();
+}
+
+}  // namespace
+
+extern constinit const GrmKernels grm_kernels = per_dtype<GrmFns>([]<typename T>() -> GrmFns<T> {
+  return {&project_forward<T>, &project_backward<T>, &reproject_forward<T>, &reproject_backward<T>};
+});
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace grmseg

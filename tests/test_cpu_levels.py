@@ -1,0 +1,160 @@
+"""The instruction-set levels of the CPU kernels (csrc/cpu/capability.h): what the build contains, the run-time
+choice, $GRMSEG_CPU_CAPABILITY, what `python -m grmseg info` reports, and that every level computes the same
+results (each kernel's own tests run at every level through the `cpu_level` fixture of conftest.py).
+
+These tests fail, never skip, when grmseg._C is missing: `make build` builds it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import grmseg
+from grmseg import _ext
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = ("default", "avx2", "avx512")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _expected_levels() -> tuple[str, ...]:
+    """The levels an x86-64 Linux build must offer on this CPU (a build regression would lose them)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or os.environ.get("GRMSEG_CPU_LEVELS"):
+        return ("default",)
+    flags = _cpu_flags()
+    out = ["default"]
+    if {"avx2", "fma", "f16c", "bmi1", "bmi2", "abm"} <= flags:
+        out.append("avx2")
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+            out.append("avx512")
+    return tuple(out)
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    full_env.pop("GRMSEG_CPU_CAPABILITY", None)
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300,
+                          check=False)
+
+
+def test_levels_built_and_detected():
+    assert _ext.built(), _ext.load_error()
+    levels = _ext.cpu_capabilities()
+    assert levels[0] == "default" and set(levels) <= set(LEVELS)
+    assert list(levels) == sorted(levels, key=LEVELS.index)
+    for expected in _expected_levels():
+        assert expected in levels, (expected, levels, _ext.cpu_capability_report())
+    assert _ext.cpu_capability() in levels
+    info = _ext.build_info()
+    assert info["cpu_capability"] == _ext.cpu_capability()
+    assert info["cpu_capabilities"] == ",".join(levels)
+
+
+def test_set_cpu_capability_switches_and_rejects_unknown_levels():
+    before = _ext.cpu_capability()
+    try:
+        for level in _ext.cpu_capabilities():
+            _ext.set_cpu_capability(level)
+            assert _ext.cpu_capability() == level
+            assert _ext.cpu_capability_report().startswith(f"{level} (set at run time")
+    finally:
+        _ext.set_cpu_capability(before)
+    with pytest.raises(ValueError, match="level must be one of"):
+        _ext.set_cpu_capability("sse9")
+    with pytest.raises(ValueError, match="level must be"):
+        _ext._C.set_cpu_capability("sse9")
+    with pytest.raises(TypeError, match="must be a str"):
+        _ext._C.set_cpu_capability(3)
+    unsupported = [lv for lv in LEVELS if lv not in _ext.cpu_capabilities()]
+    for level in unsupported:
+        with pytest.raises(ValueError, match="not available here"):
+            _ext._C.set_cpu_capability(level)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_environment_variable_forces_a_level(level):
+    code = "from grmseg import _ext; print(_ext.cpu_capability()); print(_ext.cpu_capability_report())"
+    proc = _run_python(code, GRMSEG_CPU_CAPABILITY=level.upper())
+    assert proc.returncode == 0, proc.stderr
+    got, report = proc.stdout.splitlines()[:2]
+    if level in _ext.cpu_capabilities():
+        assert got == level
+        assert f"forced by GRMSEG_CPU_CAPABILITY={level.upper()}" in report
+    else:  # more than the CPU runs: the best supported level, with a warning
+        assert got == _ext.cpu_capabilities()[-1]
+        assert "asked for more than the CPU and build support" in report
+        assert "GRMSEG_CPU_CAPABILITY" in proc.stderr
+
+
+def test_environment_variable_with_a_bad_value_warns_and_detects():
+    proc = _run_python("from grmseg import _ext; print(_ext.cpu_capability())", GRMSEG_CPU_CAPABILITY="sse9")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [_ext.cpu_capabilities()[-1]]
+    assert "GRMSEG_CPU_CAPABILITY=sse9 is not default, avx2 or avx512" in proc.stderr
+
+
+def test_info_names_the_level():
+    proc = subprocess.run([sys.executable, "-m", "grmseg", "info"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "GRMSEG_CPU_CAPABILITY": "default"},
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "grmseg._C CPU kernels: default (forced by GRMSEG_CPU_CAPABILITY=default" in proc.stdout
+    assert "CPU kernels:" in grmseg.build_summary()
+
+
+def test_every_level_computes_the_same_results():
+    """The levels differ only in the rounding of their reductions: fp64 agrees to ~1e-12 across them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 37, 301, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 37, generator=g, dtype=torch.float64) / 6
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    q, v = torch.randn(2, 5, 37, generator=g, dtype=torch.float64) / 6, torch.randn(2, 5, 37, generator=g,
+                                                                                  dtype=torch.float64)
+    ops = torch.ops.grmseg_C
+    before = _ext.cpu_capability()
+    results = {}
+    try:
+        for level in _ext.cpu_capabilities():
+            _ext.set_cpu_capability(level)
+            results[level] = (*ops.grm_project_forward(x, w, b), ops.grm_reproject_forward(x, q, v))
+    finally:
+        _ext.set_cpu_capability(before)
+    first = results["default"]
+    for level, outs in results.items():
+        for a, ref in zip(outs, first):
+            torch.testing.assert_close(a, ref, rtol=1e-12, atol=1e-12, msg=level)
+
+
+def test_auto_skips_the_gemm_kernels_at_the_x86_baseline():
+    """At the baseline level (SSE2) the GEMM-shaped CPU kernels are slower than the reference: auto keeps it."""
+    code = ("import grmseg.ops as o; from grmseg.ops.impl import csrc; "
+            "print(sorted(csrc.NOT_AUTO.get('cpu', ()))); print(o.selected('grm_project_forward', 'cpu'))")
+    proc = _run_python(code, GRMSEG_CPU_CAPABILITY="default")
+    assert proc.returncode == 0, proc.stderr
+    skipped, chosen = proc.stdout.splitlines()[:2]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert "grm_project_forward" in skipped and chosen == "reference"
+    from grmseg.ops.impl import csrc
+
+    if _ext.cpu_capability() != "default":
+        assert csrc.NOT_AUTO == {"cpu": csrc.SLOWER_ON_CPU}
+        assert grmseg.ops.selected("grm_project_forward", "cpu") == "csrc"
+        assert grmseg.ops.selected("graph_conv_forward", "cpu") == "reference"
+        assert grmseg.ops.selected("graph_conv_forward", "cpu", "csrc") == "csrc"
