@@ -59,8 +59,8 @@ def run_demo(cfg: PipelineConfig, fresh: bool = False) -> dict[str, Any]:
         remove_run(run)
     log = rt.get_logger(cfg.run_dir)
     t0 = time.perf_counter()
-    what = (f"the synthetic dataset ({cfg.syn_train_images} train / {cfg.syn_val_images} val images of "
-            f"{cfg.syn_size}x{cfg.syn_size})" if cfg.dataset == "synthetic" else f"{cfg.dataset} at {cfg.data_root}")
+    what = (f"the {cfg.dataset} dataset ({cfg.syn_train_images} train / {cfg.syn_val_images} val images of "
+            f"{cfg.syn_size}x{cfg.syn_size})" if cfg.builtin_dataset() else f"{cfg.dataset} at {cfg.data_root}")
     log.info(f"grmseg WSSS demo on {what}, run folder {run}")
     notes = ("## Notes\n\nThe CAM threshold, the confident-region thresholds and the background threshold of the "
              "demo preset were chosen once on training images with their masks, as WSSS papers tune them on the "
