@@ -104,7 +104,7 @@ def _measure(
     )
     row.gbps = row.bytes / (t.median_ms * 1e-3) / 1e9
     row.pct_peak = None if peak_bw is None else 100.0 * row.gbps * 1e9 / peak_bw
-    if config.memory and memory_ok:
+    if config.memory and memory_ok and not provider.external:  # an external library's memory is not seen
         try:
             row.peak_mb = timing.peak_memory_bytes(bench.memory, device) / 2**20
         except Exception as exc:  # noqa: BLE001 - the time stands without the memory figure

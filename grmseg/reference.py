@@ -227,14 +227,18 @@ def cam(feat: Tensor, weight: Tensor, labels: Tensor | None = None) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # Affinities (PSA, IRN) and the random walk.
 # ----------------------------------------------------------------------------------------------------------
+MAX_RADIUS = 64
+"""The largest affinity radius of every backend (6330 offsets; IRN trains at 10, infers at 5)."""
+
+
 def affinity_offsets(radius: int) -> list[tuple[int, int]]:
     """The PSA half-plane offsets ``(dy, dx)`` for ``radius``, in the order every op uses.
 
     ``{(0, x): 1 <= x < r}`` then ``{(y, x): 1 <= y < r, -r < x < r, x^2 + y^2 < r^2}`` row by row;
-    34 offsets for ``r = 5``, none for ``r = 1``.
+    34 offsets for ``r = 5``, none for ``r = 1``. ``1 <= radius <= MAX_RADIUS`` (64).
     """
-    if not isinstance(radius, int) or isinstance(radius, bool) or radius < 1:
-        raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+    if not isinstance(radius, int) or isinstance(radius, bool) or not 1 <= radius <= MAX_RADIUS:
+        raise ValueError(f"radius must be an int in [1, {MAX_RADIUS}], got {radius!r}")
     offsets = [(0, dx) for dx in range(1, radius)]
     for dy in range(1, radius):
         for dx in range(-radius + 1, radius):
@@ -243,7 +247,7 @@ def affinity_offsets(radius: int) -> list[tuple[int, int]]:
     return offsets
 
 
-def radius_from_offsets(num_offsets: int, max_radius: int = 64) -> int:
+def radius_from_offsets(num_offsets: int, max_radius: int = MAX_RADIUS) -> int:
     """The radius whose offset set has ``num_offsets`` entries (the count grows strictly with the radius)."""
     for r in range(1, max_radius + 1):
         n = len(affinity_offsets(r))
@@ -252,7 +256,7 @@ def radius_from_offsets(num_offsets: int, max_radius: int = 64) -> int:
         if n > num_offsets:
             break
     raise ValueError(
-        f"aff has {num_offsets} offsets, which is no radius's offset count "
+        f"aff has {num_offsets} offsets, which is no radius's offset count for radius 1..{max_radius} "
         f"(r=1: 0, r=2: 4, r=3: 12, r=5: 34, ...)"
     )
 
@@ -284,7 +288,7 @@ def local_affinity(feat: Tensor, radius: int) -> Tensor:
     for dy, dx in affinity_offsets(radius):
         shifted, valid = _shift(f, dy, dx)
         aff = torch.exp(-(f - shifted).abs().mean(dim=1))
-        planes.append(aff * valid)
+        planes.append(torch.where(valid, aff, torch.zeros_like(aff)))  # outside the map: 0, even next to a NaN
     if not planes:
         return feat.new_zeros(feat.shape[0], 0, *feat.shape[2:])
     return torch.stack(planes, dim=1).to(feat.dtype)
@@ -326,7 +330,7 @@ def boundary_affinity(boundary: Tensor, radius: int) -> Tensor:
     for dy, dx in affinity_offsets(radius):
         _, valid = _shift(bd, dy, dx)
         path_max = torch.stack([_shift(bd, py, px)[0] for py, px in path_offsets(dy, dx)]).amax(dim=0)
-        planes.append((1.0 - path_max) * valid)
+        planes.append(torch.where(valid, 1.0 - path_max, torch.zeros_like(path_max)))
     if not planes:
         return boundary.new_zeros(boundary.shape[0], 0, *boundary.shape[2:])
     return torch.stack(planes, dim=1).to(boundary.dtype)

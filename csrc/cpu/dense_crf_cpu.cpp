@@ -25,11 +25,13 @@
 // the zero row that missing neighbours read). n is folded into the weights (splat: n_i bary, slice: w alpha n_i
 // bary), so one Q buffer feeds both kernels. Per iteration: a splat pass (software-prefetched gathers, tasks of
 // equal entry counts) and one pass per blur axis, both lattices in the same parallel regions; then one pixel pass
-// slices both kernels, exponentiates (a vectorised exp), normalises and writes Q. The hot loops use 8-lane vectors and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at
-// load time). Everything is fp32 (as pydensecrf) for every input dtype; Q is returned in the dtype of unary.
+// slices both kernels, exponentiates (a vectorised exp), normalises and writes Q. The hot loops use 8-lane vectors
+// and are compiled for AVX-512, AVX2+FMA and baseline x86-64 (picked at load time). Everything is fp32 (as
+// pydensecrf) for every input dtype; Q is returned in the dtype of unary.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -49,20 +51,25 @@
 namespace grmseg {
 namespace {
 
-// Uninitialised, 64-byte aligned buffers of trivial types.
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
+// Uninitialised buffers of trivial types from torch's CPU allocator (64-byte aligned; seen by its memory profiler).
 template <typename T>
-using Buf = std::unique_ptr<T[], FreeDeleter>;
+class Buf {
+ public:
+  Buf() = default;
+  explicit Buf(int64_t n)
+      : ptr_(c10::GetCPUAllocator()->allocate(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)))) {
+    static_assert(std::is_trivially_destructible_v<T>);
+  }
+  T* get() const { return static_cast<T*>(ptr_.get()); }
+  T& operator[](int64_t i) const { return get()[i]; }
+
+ private:
+  c10::DataPtr ptr_;
+};
 
 template <typename T>
 Buf<T> make_buf(int64_t n) {
-  static_assert(std::is_trivially_destructible_v<T>);
-  const size_t bytes = (sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)) + 63) / 64 * 64;
-  void* p = nullptr;
-  if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
-  return Buf<T>(static_cast<T*>(p));
+  return Buf<T>(n);
 }
 
 constexpr int64_t kLanes = 8;  // Kp is a multiple of this

@@ -13,6 +13,8 @@ import os
 import torch
 from torch import Tensor, nn
 
+from grmseg._optional import optional_import
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 BACKBONES = ("tiny", *RESNETS)
 
@@ -71,13 +73,13 @@ class ResNetBackbone(nn.Module):
     def __init__(self, name: str = "resnet50", weights_path: str | os.PathLike | None = None,
                  output_stride: int = 16) -> None:
         super().__init__()
-        import torchvision
+        torchvision = optional_import("torchvision.models", "the ResNet backbones")
 
         if name not in RESNETS:
             raise ValueError(f"ResNetBackbone: name must be one of {list(RESNETS)}, got {name!r}")
         if output_stride not in (16, 32):
             raise ValueError(f"ResNetBackbone: output_stride must be 16 or 32, got {output_stride}")
-        net = getattr(torchvision.models, name)(weights=None)
+        net = getattr(torchvision, name)(weights=None)
         if weights_path is not None:
             if not os.path.isfile(weights_path):
                 raise FileNotFoundError(f"ResNetBackbone: weights file {str(weights_path)!r} does not exist")

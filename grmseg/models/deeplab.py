@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from grmseg._optional import optional_import
 from grmseg.nn.grm import GRM
 
 
@@ -47,7 +48,7 @@ def deeplabv3_with_grm(num_classes: int = 21, backbone: str = "resnet50", weight
         the model; pretrained weights are never downloaded.
     """
     import torch
-    from torchvision.models import segmentation
+    segmentation = optional_import("torchvision.models.segmentation", "deeplabv3_with_grm")
 
     builders = {"resnet50": segmentation.deeplabv3_resnet50, "resnet101": segmentation.deeplabv3_resnet101}
     if backbone not in builders:

@@ -77,6 +77,8 @@ class GRM(nn.Module):
                 raise ValueError(f"GRM: argument '{name}' must be an int >= 1, got {value!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"GRM: argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise ValueError(f"GRM: argument 'eps' must be a finite number > 0, got {eps!r}")
         check_backend_name(backend)
         if isinstance(embeddings, str) and adjacency is None:
             adjacency = embeddings
@@ -92,7 +94,7 @@ class GRM(nn.Module):
 
         self.in_channels, self.num_nodes = in_channels, num_nodes
         self.node_dim, self.key_dim = node_dim, key_dim
-        self.activation, self.eps, self.backend = activation, eps, backend
+        self.activation, self.eps, self.backend = activation, float(eps), backend
 
         self.vote_weight = nn.Parameter(torch.empty(num_nodes, in_channels))
         self.vote_bias = nn.Parameter(torch.zeros(num_nodes))
@@ -129,6 +131,9 @@ class GRM(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
             got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"GRM: argument 'x' must have shape [B, {self.in_channels}, H, W], got {got}")
+        if x.device != self.vote_weight.device:
+            raise ValueError(f"GRM: argument 'x' must be on the device of the layer's parameters "
+                             f"({self.vote_weight.device}), got {x.device}: move the layer or the input")
         bsz, c, h, w = x.shape
         dt = x.dtype
         flat = x.flatten(2)

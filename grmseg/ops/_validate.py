@@ -59,10 +59,13 @@ def non_empty(op: str, name: str, t: Tensor, dims: str) -> None:
         raise ValueError(f"{op}: argument '{name}' {dims} must not be empty, got shape {list(t.shape)}")
 
 
-def positive_int(op: str, name: str, value: object, minimum: int = 1) -> int:
-    """An ``int`` (not bool) ``>= minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{op}: argument '{name}' must be an int >= {minimum}, got {value!r}")
+def positive_int(op: str, name: str, value: object, minimum: int = 1, maximum: int | None = None) -> int:
+    """An ``int`` (not bool) ``>= minimum`` (and ``<= maximum``)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{op}: argument '{name}' must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{op}: argument '{name}' must be an int {bound}, got {value!r}")
     return value
 
 

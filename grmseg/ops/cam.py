@@ -28,6 +28,8 @@ def cam(feat: Tensor, weight: Tensor, labels: Tensor | None = None, *, backend: 
     check.non_empty(op, "weight", weight, "[K, C]")
     check.dim(op, "weight", weight, 1, feat.shape[1], "C of feat")
     check.same_dtype(op, "feat", feat, weight=weight)
+    if labels is not None and not isinstance(labels, Tensor):
+        raise TypeError(f"{op}: argument 'labels' must be a torch.Tensor [B, K] or None, got {type(labels).__name__}")
     check.same_device(op, "feat", feat, weight=weight, labels=labels)
     if labels is not None:
         if labels.dim() != 2:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from grmseg._optional import optional_import
 from grmseg.models.backbones import BACKBONES
 from grmseg.pipeline.datasets.synthetic import SCENE_SPECS
 
@@ -312,10 +313,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {str(p)!r} does not exist (shipped presets: {list(PRESETS)})")
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ImportError(f"config file {str(p)!r} is YAML: pip install pyyaml, or use JSON") from None
+        yaml = optional_import("yaml", f"the YAML config file {str(p)!r} (or use JSON)")
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from grmseg._optional import optional_import
 from grmseg.pipeline.common import load_cam, open_dataset, stage_device, to_tensor
 from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.datasets import load_mask, save_png_atomic
@@ -50,7 +51,7 @@ def write_figures(cfg: PipelineConfig, num: int | None = None) -> Path | None:
 
 
 def _resize(panel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
+    Image = optional_import("PIL.Image", "the report's figures")
 
     return np.asarray(Image.fromarray(panel).resize((size[1], size[0]), Image.NEAREST))
 

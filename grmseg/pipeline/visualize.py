@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from grmseg._optional import optional_import
 from grmseg.pipeline.datasets.base import voc_palette
 
 PANEL_TITLES = ("image", "CAM", "pseudo mask", "prediction", "ground truth")
@@ -37,7 +38,8 @@ def cam_heatmap(image: np.ndarray, cams: np.ndarray, keys: Sequence[int]) -> np.
 
 
 def _label(text: str, width: int, height: int = 14) -> np.ndarray:
-    from PIL import Image, ImageDraw
+    Image = optional_import("PIL.Image", "drawing the report's figures")
+    ImageDraw = optional_import("PIL.ImageDraw", "drawing the report's figures")
 
     im = Image.new("RGB", (width, height), (255, 255, 255))
     ImageDraw.Draw(im).text((2, 1), text, fill=(0, 0, 0))

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from grmseg._optional import optional_import
+
 IGNORE_INDEX = 255
 
 
@@ -74,7 +76,8 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as uint8 RGB ``[H, W, 3]``; ValueError naming the file when it cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
+    Image = optional_import("PIL.Image", "reading images")
+    UnidentifiedImageError = Image.UnidentifiedImageError
 
     p = require_file(path, "image")
     try:
@@ -90,7 +93,8 @@ def load_mask(path: str | os.PathLike, num_classes: int) -> np.ndarray:
 
     Palette PNGs (VOC) give their indices; values must be ``< num_classes`` or 255 (ignore).
     """
-    from PIL import Image, UnidentifiedImageError
+    Image = optional_import("PIL.Image", "reading masks")
+    UnidentifiedImageError = Image.UnidentifiedImageError
 
     p = require_file(path, "mask")
     try:
@@ -189,7 +193,7 @@ def label_key(key: Any) -> str:
 
 def save_png_atomic(path: str | os.PathLike, array: np.ndarray, palette: Sequence[int] | None = None) -> None:
     """Write ``array`` (uint8 ``[H, W]`` or ``[H, W, 3]``) as a PNG atomically (temp file + os.replace)."""
-    from PIL import Image
+    Image = optional_import("PIL.Image", "writing PNG files")
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
