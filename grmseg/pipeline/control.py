@@ -27,6 +27,7 @@ from grmseg.pipeline.config import PipelineConfig
 from grmseg.pipeline.datasets import IGNORE_INDEX
 from grmseg.pipeline.datasets.synthetic import scene_spec
 from grmseg.pipeline.metrics import SegmentationMeter, look_alike_scores
+from grmseg.pipeline.stages.train_seg import predict_probabilities
 from grmseg.pipeline.training import TrainingView, make_augment, train_loop
 
 CONTROL_ARMS = ("pixels", "labels")
@@ -90,9 +91,7 @@ def _train_arm(cfg: PipelineConfig, arm: str) -> dict[str, Any]:
             x = to_tensor(s["image"])
             if with_labels:
                 x = with_label_planes(x, torch.from_numpy(s["labels"]))
-            x = x[None].to(dev)
-            p = model(torch.cat([x, x.flip(-1)])).softmax(1)
-            meter.update(((p[0] + p[1].flip(-1)) / 2).argmax(0).cpu(), s["mask"])
+            meter.update(predict_probabilities(model, x.to(dev)).argmax(0).cpu(), s["mask"])
     summary = meter.summary()
     result = {"arm": arm, "miou": summary["miou"], "iou": summary["iou"], "confusion": summary["confusion"],
               "look_alikes": [look_alike_scores(meter.conf, val.class_names, pair) for pair in spec.look_alikes],
@@ -136,7 +135,8 @@ def run_context_control(cfg: PipelineConfig) -> dict[str, Any]:
         raise ValueError(f"context-control: dataset must be a built-in one with look-alike classes (context), got "
                          f"{cfg.dataset!r}")
     base = Path(cfg.run_dir)
-    results = {arm: _train_arm(cfg.replace(run_dir=str(base / arm)), arm) for arm in CONTROL_ARMS}
+    blind = cfg.replace(use_grm=False, aspp_pooling=False)  # what the control net is (its settings stamp)
+    results = {arm: _train_arm(blind.replace(run_dir=str(base / arm)), arm) for arm in CONTROL_ARMS}
     table = control_table(results)
     if rt.is_main():
         base.mkdir(parents=True, exist_ok=True)
