@@ -142,6 +142,9 @@ def test_identity_graph_arm_has_no_knowledge():
     assert {g: seg_dir(c) for g, c in arms.items()} == {"on": "seg", "off": "seg_nogrm",
                                                          "identity": "seg_grm_none_noemb"}
     assert seg_label(arms["identity"]) == "segmentation (GRM, graph none, no embeddings)"
+    blind = arms["off"].replace(aspp_pooling=False)
+    assert seg_dir(blind) == "seg_nogrm_nopool" and seg_label(blind) == "segmentation (no GRM, no ASPP pooling)"
+    assert build_segmenter(blind, names, labels, load_weights=False).aspp.pool is None
     assert all(c.seed == 1 and c.run_dir.endswith("gcn-on-s1") for c in arms.values())
     knowing = build_segmenter(arms["on"], names, labels, load_weights=False).grm
     blank = build_segmenter(arms["identity"], names, labels, load_weights=False).grm
@@ -193,6 +196,16 @@ def test_ablation_on_context_writes_its_json(tmp_path, capsys):
     assert out["settings"]["dataset"] == "context" and set(out["seconds"]) == {"0"}
     assert (run / "gcn-on-s0" / "seg_grm_none_noemb" / "model.pt").is_file()
     assert "Segmentation mIoU per seed" in (run / "ablation.md").read_text()
+    # without ASPP image pooling: the same classifiers and pseudo masks, new segmentation arms, its own files
+    cls_model = run / "gcn-off-s0" / "cls" / "model.pt"
+    before = cls_model.stat().st_mtime_ns
+    assert main(["ablation", "--dataset", "context", "--config", str(cfg_file), "--run-dir", str(run),
+                 "--seeds", "0", "--no-aspp-pooling"]) == 0
+    nopool = json.loads((run / "ablation_nopool.json").read_text())
+    assert nopool["aspp_pooling"] is False and all(r["aspp_pooling"] is False for r in nopool["rows"])
+    assert json.loads((run / "ablation.json").read_text())["aspp_pooling"] is True
+    assert (run / "gcn-off-s0" / "seg_nogrm_nopool" / "model.pt").is_file() and cls_model.stat().st_mtime_ns == before
+    assert "without image pooling" in (run / "ablation_nopool.md").read_text()
 
 
 def test_context_preset():

@@ -7,6 +7,11 @@ the same pixel -> class-node -> pixel pooling with no knowledge in it, which sep
 does from what the knowledge graph does. Every run is scored as :func:`grmseg.pipeline.stages.evaluate` scores
 it, plus the IoU and the confusion of the dataset's look-alike pairs (``context``: cat / dog). Writes
 ``<run_dir>/ablation.json`` and ``ablation.md``.
+
+The segmentation head is DeepLab's ASPP with its image-pooling branch, as in the paper. With ``aspp_pooling``
+off (``--no-aspp-pooling``) the same command trains the segmentation arms without it, on the classifiers and
+pseudo masks already in ``run_dir`` (``seg*_nopool/`` folders), and writes ``ablation_nopool.json`` / ``.md``:
+there the head has no global context of its own, and only GRM can bring it.
 """
 
 from __future__ import annotations
@@ -64,11 +69,12 @@ def look_alike_pairs(cfg: PipelineConfig) -> tuple[tuple[str, str], ...]:
 def ablation_row(results: dict[str, Any], class_names: list[str], cfg: PipelineConfig, gcn: bool,
                  grm: str) -> dict[str, Any]:
     """One row of ``ablation.json`` from the results of :func:`grmseg.pipeline.stages.evaluate` for the arm
-    (``class_names``: the dataset's K names): ``{"gcn", "grm", "seed", "cam" | "pseudo" | "seg" | "seg_crf":
+    (``class_names``: the dataset's K names): ``{"gcn", "grm", "seed", "aspp_pooling", "cam" | "pseudo" | "seg" |
+    "seg_crf":
     {"miou", "split", "images", "look_alikes": [look_alike_scores ...]}}`` (``seg_crf`` only with ``eval_crf``)."""
     pairs = look_alike_pairs(cfg)
     keys = {**STAGE_KEYS, "seg": seg_label(cfg), "seg_crf": seg_label(cfg) + " + CRF"}
-    row: dict[str, Any] = {"gcn": gcn, "grm": grm, "seed": cfg.seed}
+    row: dict[str, Any] = {"gcn": gcn, "grm": grm, "seed": cfg.seed, "aspp_pooling": cfg.aspp_pooling}
     for key, name in keys.items():
         if name in results:
             row[key] = _scored(results[name], list(class_names), pairs)
@@ -160,9 +166,9 @@ def run_ablation(cfg: PipelineConfig, seeds: tuple[int, ...] = (0,), fresh: bool
     """Run every arm (:func:`arm_config`) for every seed, each resuming what is done; write the results.
 
     Returns:
-        ``{"dataset", "seeds", "look_alikes", "rows": [ablation_row ...], "summary": summarize(rows),
-        "seconds": {seed: s}, "table": str}``; also ``<run_dir>/ablation.json`` (the same less the table, plus the
-        settings) and ``<run_dir>/ablation.md``.
+        ``{"dataset", "seeds", "look_alikes", "aspp_pooling", "rows": [ablation_row ...], "summary":
+        summarize(rows), "seconds": {seed: s}, "table": str}``; also ``<run_dir>/ablation.json`` (the same less the
+        table, plus the settings) and ``<run_dir>/ablation.md`` (``ablation_nopool.*`` without ASPP pooling).
     """
     if not seeds:
         raise ValueError("ablation: seeds must name at least one seed, got none")
@@ -183,19 +189,22 @@ def run_ablation(cfg: PipelineConfig, seeds: tuple[int, ...] = (0,), fresh: bool
         seconds[str(seed)] = time.perf_counter() - t0
     summary = summarize(rows)
     table = ablation_table(summary, pairs, len(seeds))
-    out = {"dataset": cfg.dataset, "seeds": list(seeds), "look_alikes": [list(p) for p in pairs], "rows": rows,
-           "summary": summary, "seconds": seconds}
+    out = {"dataset": cfg.dataset, "seeds": list(seeds), "look_alikes": [list(p) for p in pairs],
+           "aspp_pooling": cfg.aspp_pooling, "rows": rows, "summary": summary, "seconds": seconds}
+    stem = "ablation" if cfg.aspp_pooling else "ablation_nopool"
+    head = "ASPP with image pooling" if cfg.aspp_pooling else "ASPP without image pooling"
     if rt.is_main():
         base.mkdir(parents=True, exist_ok=True)
-        tmp = base / f".ablation.json.{os.getpid()}.tmp"
+        tmp = base / f".{stem}.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({**out, "settings": cfg.to_dict()}, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, base / "ablation.json")
+        os.replace(tmp, base / f"{stem}.json")
         spread = "mean (min-max over seeds)" if len(seeds) > 1 else "one seed"
-        (base / "ablation.md").write_text(
-            f"# Ablation on the {cfg.dataset} data (seeds {list(seeds)}; %, {spread})\n\n{table}\n\n"
+        (base / f"{stem}.md").write_text(
+            f"# Ablation on the {cfg.dataset} data, segmentation head: {head} (seeds {list(seeds)}; %, "
+            f"{spread})\n\n{table}\n\n"
             f"## Segmentation mIoU per seed\n\n{seed_table(rows)}\n\nSeconds per seed: "
             + ", ".join(f"{s} {v:.0f}" for s, v in seconds.items()) + "\n", encoding="utf-8")
-    log.info(f"\n[ablation] {cfg.dataset}, seeds {list(seeds)} (%):\n{table}")
+    log.info(f"\n[ablation] {cfg.dataset}, {head}, seeds {list(seeds)} (%):\n{table}")
     return {**out, "table": table}
 
 

@@ -56,23 +56,28 @@ def _default_grm(cfg: PipelineConfig) -> bool:
 def _variant(cfg: PipelineConfig) -> tuple[str, str]:
     """(run sub-folder, name in the results) of the segmentation net of ``cfg``."""
     if not cfg.use_grm:
-        return "seg_nogrm", "segmentation (no GRM)"
-    if _default_grm(cfg):
-        return "seg", "segmentation (GRM)"
-    emb = "" if cfg.grm_embeddings else "_noemb"
-    return (f"seg_grm_{cfg.grm_graph_name()}{emb}",
-            f"segmentation (GRM, graph {cfg.grm_graph_name()}{', no embeddings' if emb else ''})")
+        folder, name = "seg_nogrm", "no GRM"
+    elif _default_grm(cfg):
+        folder, name = "seg", "GRM"
+    else:
+        emb = "" if cfg.grm_embeddings else "_noemb"
+        folder = f"seg_grm_{cfg.grm_graph_name()}{emb}"
+        name = f"GRM, graph {cfg.grm_graph_name()}{', no embeddings' if emb else ''}"
+    if not cfg.aspp_pooling:
+        folder, name = folder + "_nopool", name + ", no ASPP pooling"
+    return folder, f"segmentation ({name})"
 
 
 def seg_dir(cfg: PipelineConfig) -> str:
     """The run sub-folder of the segmentation net: ``seg`` (GRM on, on the classifier's graph, with the class-name
-    embeddings), ``seg_nogrm`` (GRM off), else ``seg_grm_<grm graph>`` (+ ``_noemb`` without embeddings)."""
+    embeddings), ``seg_nogrm`` (GRM off), else ``seg_grm_<grm graph>`` (+ ``_noemb`` without embeddings); each
+    + ``_nopool`` without the ASPP's image pooling."""
     return _variant(cfg)[0]
 
 
 def seg_label(cfg: PipelineConfig) -> str:
     """The name of the segmentation net in the results: ``segmentation (GRM)``, ``segmentation (no GRM)``, or e.g.
-    ``segmentation (GRM, graph identity, no embeddings)``."""
+    ``segmentation (GRM, graph none, no embeddings)``, ``segmentation (no GRM, no ASPP pooling)``."""
     return _variant(cfg)[1]
 
 
@@ -98,11 +103,9 @@ def train_seg(cfg: PipelineConfig) -> Path:
         log.info("[train-seg] backbone initialised from the trained classifier")
     model = model.to(dev)
     how = f"{cfg.seg_iterations} iterations" if cfg.seg_iterations > 0 else f"{cfg.seg_epochs} epochs"
-    extra = [] if not cfg.use_grm or _default_grm(cfg) else [seg_label(cfg)[len("segmentation ("):-1]]
-    if not cfg.aspp_pooling:
-        extra.append("no ASPP image pooling")
+    variant = "" if seg_dir(cfg) in ("seg", "seg_nogrm") else f" ({seg_label(cfg)})"
     log.info(f"[train-seg] {len(ds)} images with pseudo masks; backbone {cfg.seg_backbone_name()}, GRM "
-             f"{'on' if cfg.use_grm else 'off'}; {how}" + (f" ({'; '.join(extra)})" if extra else ""))
+             f"{'on' if cfg.use_grm else 'off'}; {how}{variant}")
 
     def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
