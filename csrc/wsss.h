@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -17,6 +18,17 @@ namespace grmseg {
 namespace wsss {
 
 using Offset = std::pair<int64_t, int64_t>;  // (dy, dx)
+
+// NaN propagates as in grmseg.reference (torch.amax, torch.relu): a max over values holding a NaN is NaN, and
+// relu(NaN) is NaN. std::max and `v > 0 ? v : 0` would drop it. Host and device code.
+template <typename T>
+C10_HOST_DEVICE inline T nan_max(T a, T b) {
+  return (a > b || a != a) ? a : b;
+}
+template <typename T>
+C10_HOST_DEVICE inline T nan_relu(T v) {
+  return v < T(0) ? T(0) : v;
+}
 
 // grmseg.reference.affinity_offsets: {(0, x): 1 <= x < r} then {(y, x): 1 <= y < r, -r < x < r, x^2 + y^2 < r^2}
 // row by row (34 offsets for r = 5, none for r = 1).

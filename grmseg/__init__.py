@@ -2,8 +2,8 @@
 
 from grmseg import ops, reference
 from grmseg._ext import build_summary
+from grmseg._version import __version__
 from grmseg.nn import GRM
 from grmseg.ops import backends
 
-__version__ = "0.1.0"
 __all__ = ["GRM", "__version__", "backends", "build_summary", "ops", "reference"]

@@ -1,33 +1,91 @@
 """Loader of grmseg's compiled extension ``grmseg._C`` (the kernels registered as ``torch.ops.grmseg_C.*``).
 
-Importing this module never fails: when the extension is missing or does not load, :func:`built` is False and
-:func:`load_error` says why. When it was built against another torch version than the one installed, a
-warning is issued once (rebuild with ``pip install --no-build-isolation -e .``).
+When the extension is not built (a source checkout before ``make build``), importing this module still works:
+:func:`built` is False, :func:`load_error` says why, and grmseg runs on its Python backends (reference, Triton).
+When ``_C`` is there but does not load (built for another torch: the binary is tied to the torch it was built
+against even though its wheel tag says abi3), or when another library already registered the ``grmseg_C``
+operators (``libgrmseg_ops.so`` of the CMake build loaded first: a second registration would abort the process),
+importing raises :class:`ExtensionLoadError` with the fix. ``GRMSEG_IGNORE_EXT_ERRORS=1`` turns that into the
+fallback above. Built for another torch version that still loads: a warning, once.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from types import ModuleType
 
 import torch
 
-__all__ = ["build_info", "build_summary", "built", "cuda_built", "cuda_skip_reason", "has_kernel", "load_error"]
+__all__ = [
+    "ExtensionLoadError",
+    "build_info",
+    "build_summary",
+    "built",
+    "cuda_built",
+    "cuda_skip_reason",
+    "has_kernel",
+    "load_error",
+]
 
 OP_NAMESPACE = "grmseg_C"
+PROBE_OP = "grm_project_forward"  # any operator of csrc/grmseg.cpp's TORCH_LIBRARY block
+IGNORE_ERRORS_ENV = "GRMSEG_IGNORE_EXT_ERRORS"
+REBUILD_HINT = "pip install --no-build-isolation --no-deps --force-reinstall ."
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}
 
 
+class ExtensionLoadError(ImportError):
+    """``grmseg._C`` exists but cannot be loaded (or must not be: its operators are registered already)."""
+
+
+def ops_registered_elsewhere() -> bool:
+    """Whether ``torch.ops.grmseg_C`` operators exist although ``grmseg._C`` is not imported (another library,
+    e.g. ``libgrmseg_ops.so`` through ``torch.ops.load_library``, registered them)."""
+    if "grmseg._C" in sys.modules:
+        return False
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"{OP_NAMESPACE}::{PROBE_OP}", "")
+    except RuntimeError:
+        return False
+    return True
+
+
 def _load() -> tuple[ModuleType | None, str | None]:
+    """``(module, None)``, or ``(None, why)`` when ``_C`` is not built; raises :class:`ExtensionLoadError` when
+    it is built but cannot (or must not) be loaded, unless ``$GRMSEG_IGNORE_EXT_ERRORS`` is set."""
+    if ops_registered_elsewhere():
+        return None, _refuse(
+            f"the {OP_NAMESPACE} operators are registered already by another library (libgrmseg_ops.so of the "
+            "CMake build, loaded with torch.ops.load_library?); loading grmseg._C as well would abort the process "
+            "(two TORCH_LIBRARY blocks for one namespace)",
+            "Use one of them in a process: `import grmseg` (its kernels are the same), or the C++ library alone",
+        )
     try:
         from grmseg import _C  # loading the library registers the ops
     except ImportError as exc:
         if getattr(exc, "name", None) == "grmseg._C":
             return None, "grmseg._C is not built (run `pip install --no-build-isolation -e .` or `make build`)"
-        return None, f"grmseg._C failed to load: {exc}"
-    except Exception as exc:  # noqa: BLE001  (a broken binary must not break `import grmseg`)
-        return None, f"grmseg._C failed to load: {type(exc).__name__}: {exc}"
+        return None, _refuse(f"grmseg._C is installed but does not load: {exc}", _REBUILD)
+    except Exception as exc:  # noqa: BLE001  (an OSError, a c10::Error from a static initialiser, ...)
+        return None, _refuse(f"grmseg._C is installed but does not load: {type(exc).__name__}: {exc}", _REBUILD)
     return _C, None
+
+
+_REBUILD = (
+    f"It was built for another torch than the torch {torch.__version__} installed here, or it is damaged: rebuild "
+    f"it in the source folder with `{REBUILD_HINT}` (or `make build`)"
+)
+
+
+def _refuse(why: str, fix: str) -> str:
+    """Raise :class:`ExtensionLoadError` for ``why`` with ``fix``, or return ``why`` when errors are ignored."""
+    if os.environ.get(IGNORE_ERRORS_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return why
+    raise ExtensionLoadError(
+        f"{why}.\n{fix}. To run on grmseg's Python backends only (reference, Triton), set {IGNORE_ERRORS_ENV}=1."
+    )
 
 
 _C, _LOAD_ERROR = _load()

@@ -219,8 +219,8 @@ def cam(feat: Tensor, weight: Tensor, labels: Tensor | None = None) -> Tensor:
     """
     c = torch.relu(torch.einsum("kc,bchw->bkhw", _acc(weight), _acc(feat)))
     c = c / (c.amax(dim=(2, 3), keepdim=True) + CAM_EPS)
-    if labels is not None:
-        c = c * (labels != 0).to(c.dtype)[:, :, None, None]
+    if labels is not None:  # absent classes are 0 by definition, even where a NaN made the others NaN
+        c = torch.where((labels != 0)[:, :, None, None], c, torch.zeros((), dtype=c.dtype, device=c.device))
     return c.to(feat.dtype)
 
 

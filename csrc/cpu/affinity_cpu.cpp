@@ -124,7 +124,7 @@ at::Tensor boundary_affinity_forward_cpu(const at::Tensor& boundary, int64_t rad
           for (size_t i = 1; i < paths[d].size(); ++i) {
             const int64_t py = paths[d][i].first, px = paths[d][i].second;
             const acc_t* __restrict prow = plane + (y + py) * W;
-            for (int64_t x = x0; x < x1; ++x) mx[x] = std::max(mx[x], prow[x + px]);
+            for (int64_t x = x0; x < x1; ++x) mx[x] = wsss::nan_max(mx[x], prow[x + px]);
           }
           acc_t* o = op + ((bi * D + d) * H + y) * W;
           for (int64_t x = x0; x < x1; ++x) o[x] = acc_t(1) - mx[x];

@@ -64,9 +64,9 @@ void project_chunk(const scalar_t* __restrict fb, int64_t sc, int64_t sh, int64_
       acc_t* out = raw_b + k * P + p0;
       acc_t mx = chunk_max[k];
       for (int64_t i = 0; i < np; ++i) {
-        const acc_t v = sk[i] > acc_t(0) ? sk[i] : acc_t(0);
+        const acc_t v = wsss::nan_relu(sk[i]);
         out[i] = v;
-        mx = v > mx ? v : mx;
+        mx = wsss::nan_max(mx, v);
       }
       chunk_max[k] = mx;
     }
@@ -123,7 +123,7 @@ at::Tensor cam_forward_cpu(const at::Tensor& feat, const at::Tensor& weight, con
       for (int64_t i = begin; i < end; ++i) {
         const int64_t bi = i / K, k = i % K;
         acc_t mx = acc_t(0);
-        for (int64_t ci = 0; ci < nchunks; ++ci) mx = std::max(mx, maxima[(bi * nchunks + ci) * K + k]);
+        for (int64_t ci = 0; ci < nchunks; ++ci) mx = wsss::nan_max(mx, maxima[(bi * nchunks + ci) * K + k]);
         const acc_t denom = mx + static_cast<acc_t>(kCamEps);
         const acc_t* src = rp + i * P;
         scalar_t* dst = op + i * P;

@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads)
       acc_t m = static_cast<acc_t>(b[(y + path[0]) * sh + (x + path[1]) * sw]);
       for (int j = 1; j < L; ++j) {
         const acc_t v = static_cast<acc_t>(b[(y + path[2 * j]) * sh + (x + path[2 * j + 1]) * sw]);
-        m = v > m ? v : m;
+        m = wsss::nan_max(m, v);
       }
       r = acc_t(1) - m;
     }

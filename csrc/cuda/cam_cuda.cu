@@ -92,14 +92,14 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   for (int i = threadIdx.x; i < nk * T; i += blockDim.x) {
     const int k = i / T, p = i % T;
-    const acc_t v = (p < np && s[k * LD + p] > acc_t(0)) ? s[k * LD + p] : acc_t(0);
+    const acc_t v = p < np ? wsss::nan_relu(s[k * LD + p]) : acc_t(0);
     s[k * LD + p] = v;
     if (p < np) raw[(bi * K + k0 + k) * P + p0 + p] = v;
   }
   __syncthreads();
   for (int k = threadIdx.x; k < nk; k += blockDim.x) {  // one owner per class; LD is odd: no bank conflicts
     acc_t m = acc_t(0);
-    for (int p = 0; p < np; ++p) m = s[k * LD + p] > m ? s[k * LD + p] : m;
+    for (int p = 0; p < np; ++p) m = wsss::nan_max(m, s[k * LD + p]);
     pmax[(bi * ntiles + pt) * K + k0 + k] = m;
   }
 }
@@ -113,9 +113,9 @@ __global__ void cam_scale_kernel(const acc_t* __restrict__ pmax, const uint8_t* 
   acc_t m = acc_t(0);
   for (int64_t t = 0; t < ntiles; ++t) {
     const acc_t v = pmax[(bi * ntiles + t) * K + k];
-    m = v > m ? v : m;
+    m = wsss::nan_max(m, v);
   }
-  denom[i] = (keep == nullptr || keep[i] != 0) ? m + static_cast<acc_t>(kCamEps) : acc_t(0);
+  denom[i] = (keep == nullptr || keep[i] != 0) ? m + static_cast<acc_t>(kCamEps) : acc_t(0);  // 0: absent
 }
 
 template <typename scalar_t, typename acc_t>
@@ -124,7 +124,7 @@ __global__ void cam_normalise_kernel(const acc_t* __restrict__ raw, const acc_t*
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const acc_t dn = denom[i / P];
-    out[i] = static_cast<scalar_t>(dn > acc_t(0) ? raw[i] / dn : acc_t(0));
+    out[i] = static_cast<scalar_t>(dn != acc_t(0) ? raw[i] / dn : acc_t(0));  // NaN dn: NaN, as the reference
   }
 }
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import offsets
+from grmseg.triton.common import nan_max, offsets
 
 
 @triton.jit
@@ -98,7 +98,7 @@ def boundary_affinity_kernel(
         sx = tl.load(pt + 1, mask=d_mask, other=0)
         v = tl.load(base + (py[None, :] + sy[:, None]) * sbh + (px[None, :] + sx[:, None]) * sbw,
                     mask=valid, other=0.0).to(tl.float32)
-        mx = tl.maximum(mx, v)
+        mx = nan_max(mx, v)
         pt += 2
     aff = tl.where(valid, 1.0 - mx, 0.0)
     out = out_ptr + (bi * D + offsets(offs_d, INT64)[:, None]) * P + offs_p[None, :]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import offsets, operand
+from grmseg.triton.common import nan_max, offsets, operand
 
 
 @triton.jit
@@ -53,12 +53,12 @@ def cam_project_kernel(
         s = tl.dot(operand(wt, x_ptr, UPCAST), operand(xt, x_ptr, UPCAST), s, input_precision=PRECISION)
         x_ptrs += BLOCK_C * sxc
         w_ptrs += BLOCK_C * swc
-    s = tl.maximum(s, 0.0)
+    s = nan_max(s, 0.0)  # relu; NaN stays NaN
     s = tl.where(p_mask[None, :], s, 0.0)  # relu >= 0, so 0 is neutral for the max
 
     out = raw_ptr + bi * K * P + offsets(offs_k, INT64)[:, None] * P + offs_p[None, :]
     tl.store(out, s, mask=k_mask[:, None] & p_mask[None, :])
-    tl.store(pmax_ptr + (bi * NPB + pb) * K + offs_k, tl.max(s, axis=1), mask=k_mask)
+    tl.store(pmax_ptr + (bi * NPB + pb) * K + offs_k, tl.reduce(s, 1, nan_max), mask=k_mask)
 
 
 @triton.jit
@@ -82,7 +82,7 @@ def cam_normalise_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         pm = tl.load(pmax_ptr + (bi * NPB + offs_n[:, None]) * K + offs_k[None, :],
                      mask=(offs_n[:, None] < NPB) & k_mask[None, :], other=0.0)
-        mx = tl.maximum(mx, tl.max(pm, axis=0))
+        mx = nan_max(mx, tl.reduce(pm, 0, nan_max))
     if HAS_LABELS:
         keep = tl.load(label_ptr + bi * K + offs_k, mask=k_mask, other=0.0)
     else:
@@ -93,5 +93,5 @@ def cam_normalise_kernel(
     mask = k_mask[:, None] & (offs_p < P)[None, :]
     off = bi * K * P + offsets(offs_k, INT64)[:, None] * P + offs_p[None, :]
     v = tl.load(raw_ptr + off, mask=mask, other=0.0)
-    v = v / denom[:, None] * keep[:, None]
+    v = tl.where(keep[:, None] != 0, v / denom[:, None], 0.0)  # absent classes are 0, even beside a NaN
     tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=mask)

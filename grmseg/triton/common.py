@@ -7,6 +7,8 @@ Conventions every kernel follows:
 * ``PRECISION`` (constexpr str): ``tl.dot``'s ``input_precision`` for float32 operands.
 * ``INT64`` (constexpr): compute in-batch element offsets in int64 (the batch offset always is); the adapter
   sets it when an offset can pass 2**31 - 1.
+* NaN propagates as in the reference: a max (or ReLU) over values holding a NaN is NaN (``nan_max``), as
+  ``torch.amax`` and ``torch.relu`` give; ``tl.maximum`` and ``tl.max`` would drop it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def softmax_k(s, k_mask):
     mx = tl.max(s, axis=0)
     e = tl.exp2((s - mx[None, :]) * 1.4426950408889634)
     return e / tl.sum(e, axis=0)[None, :]
+
+
+@triton.jit
+def nan_max(a, b):
+    """``max(a, b)``, NaN when either is NaN (``torch.maximum``); a ``tl.reduce`` combine function too."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit

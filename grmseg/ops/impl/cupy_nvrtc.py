@@ -45,12 +45,21 @@ MIN_TILES_PER_CHUNK = 4
 MAX_PARTIAL_ELEMS = 1 << 24
 
 
+PACKAGE_SOURCE_DIR = Path(__file__).resolve().parents[2] / "_cuda"
+"""Where an installed grmseg keeps the sources (setup.py copies them there when it builds a wheel)."""
+CHECKOUT_SOURCE_DIR = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
+"""Where they are in a source checkout (an editable install reads them there)."""
+
+
 def source_dir() -> Path:
-    """Where the CUDA sources are: ``$GRMSEG_CUDA_SOURCE_DIR`` or ``csrc/cuda`` of this checkout."""
+    """Where the CUDA sources are: ``$GRMSEG_CUDA_SOURCE_DIR``, else the installed package's ``grmseg/_cuda``,
+    else ``csrc/cuda`` of the source checkout this module lives in."""
     env = os.environ.get(SOURCE_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "csrc" / "cuda"
+    if (PACKAGE_SOURCE_DIR / SOURCE_FILE).is_file():
+        return PACKAGE_SOURCE_DIR
+    return CHECKOUT_SOURCE_DIR
 
 
 def load_source() -> str:
