@@ -3,7 +3,8 @@ SHELL := /bin/bash
 #   make demo       the WSSS pipeline on synthetic data (train-cls, make-cam, refine, train-seg, eval), a few
 #                   minutes on 2 CPU cores: prints the mIoU of CAMs, pseudo masks and the GRM segmentation
 #   make layer-demo GRM inside a torchvision DeepLabV3: one training step on the CPU, with timings
-#   make ablation   knowledge GCN head on/off x GRM on/off on the synthetic data, three seeds
+#   make ablation   on the context data (look-alike classes told apart only by context): its positive control,
+#                   then knowledge GCN head on/off x GRM on/off/identity graph, three seeds (~30 min on 2 cores)
 #   make test       build (CUDA part too when nvcc is present) and run the whole test suite
 #   make bench      kernel microbenchmarks on the current device -> bench-out/
 #   make gpu-check  on a GPU machine: current python, no venv, no network; results under $OUT. In parts of
@@ -50,7 +51,8 @@ layer-demo: build
 	$(VPY) -m grmseg layer-demo
 
 ablation: build
-	$(VPY) -m grmseg ablation --seeds 0,1,2
+	$(VPY) -m grmseg context-control --run-dir runs/context-control
+	$(VPY) -m grmseg ablation --dataset context --seeds 0,1,2 --run-dir runs/ablation-context
 
 test: build
 	$(VPY) -m pytest -q tests

@@ -3,7 +3,8 @@
 WSSS stages (settings by flags and/or --config file.json|yaml or a shipped preset --config voc|coco; everything
 under --run-dir, whose config.json later stages continue from): train-cls, make-cam, train-irn (or train-aff),
 refine, train-seg, eval; demo runs them all (synthetic data by default); ablation compares with/without the
-knowledge GCN head and with/without GRM. Training stages run data-parallel when launched by
+knowledge GCN head and with/without GRM (also GRM on the identity graph); context-control checks that the context
+dataset needs context. Training stages run data-parallel when launched by
 torchrun --nproc_per_node N -m grmseg ...
 Also: layer-demo (GRM inside a torchvision DeepLabV3, one timed training step), synthetic-data and info.
 A bad setting, a missing or corrupt file ends with one line naming it and exit status 2 (--debug: the traceback).
@@ -55,11 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(demo, demo_defaults)
     demo.add_argument("--fresh", action="store_true",
                       help="delete an earlier run in --run-dir first (default: resume it, skipping finished stages)")
-    abl = sub.add_parser("ablation", help="knowledge GCN head on/off x GRM on/off on the synthetic dataset")
+    abl = sub.add_parser("ablation", help="knowledge GCN head on/off x GRM on/off/identity graph (--dataset context: "
+                         "where context decides)")
     add_config_arguments(abl, {**demo_preset(), "run_dir": "runs/ablation"})
     abl.add_argument("--quick", action="store_true", help="fewer images and epochs")
     abl.add_argument("--seeds", default="0", help="comma-separated seeds (results averaged)")
     abl.add_argument("--fresh", action="store_true", help="remove earlier ablation runs first")
+    ctl = sub.add_parser("context-control", help="positive control of the context dataset: a context-blind net on "
+                         "the true masks, without and with the true image-level labels")
+    add_config_arguments(ctl, {**demo_preset("context"), "run_dir": "runs/context-control"})
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -104,18 +109,24 @@ def _pipeline(args: argparse.Namespace) -> None:
     from grmseg.pipeline.report import write_report
 
     if args.command == "demo":
-        cfg = config_from_args(args, {**demo_preset(), "run_dir": "runs/demo"})
+        cfg = config_from_args(args, {**demo_preset(args.dataset or "synthetic"), "run_dir": "runs/demo"})
         runner.run_demo(cfg, fresh=args.fresh)
+    elif args.command == "context-control":
+        from grmseg.pipeline.control import run_context_control
+
+        run_context_control(config_from_args(args, {**demo_preset("context"), "run_dir": "runs/context-control"}))
     elif args.command == "ablation":
-        preset = {**demo_preset(), "run_dir": "runs/ablation"}
+        from grmseg.pipeline.ablation import quick_overrides, run_ablation
+
+        preset = {**demo_preset(args.dataset or "synthetic"), "run_dir": "runs/ablation"}
         if args.quick:
-            preset.update(runner.quick_overrides())
+            preset.update(quick_overrides())
         cfg = config_from_args(args, preset)
         try:
             seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-        runner.run_ablation(cfg, seeds, fresh=args.fresh)
+        run_ablation(cfg, seeds, fresh=args.fresh)
     else:
         cfg = config_from_args(args)
         out = stages.STAGES[args.command](cfg)

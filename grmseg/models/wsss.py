@@ -124,10 +124,13 @@ class ASPP(nn.Module):
     """DeepLab's atrous spatial pyramid pooling: a 1x1 branch, 3x3 branches at ``rates``, image pooling; 1x1 fuse.
 
     ``[B, C_in, h, w] -> [B, out_channels, h, w]``. The pooling branch has no BatchNorm (it sees one value
-    per channel per image), so any batch size trains.
+    per channel per image), so any batch size trains. ``image_pooling=False`` leaves it out (with ``rates=()``
+    as well, the head is context-blind beyond the backbone's receptive field: the positive control of the
+    ``context`` dataset).
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18)) -> None:
+    def __init__(self, in_channels: int, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18),
+                 image_pooling: bool = True) -> None:
         super().__init__()
 
         def branch(k: int, d: int) -> nn.Sequential:
@@ -135,15 +138,16 @@ class ASPP(nn.Module):
                                            bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
         self.branches = nn.ModuleList([branch(1, 1)] + [branch(3, r) for r in rates])
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1),
-                                  nn.ReLU(inplace=True))
-        n = len(self.branches) + 1
+        self.pool = (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1),
+                                   nn.ReLU(inplace=True)) if image_pooling else None)
+        n = len(self.branches) + (1 if image_pooling else 0)
         self.project = nn.Sequential(nn.Conv2d(n * out_channels, out_channels, 1, bias=False),
                                      nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, x: Tensor) -> Tensor:
         outs = [b(x) for b in self.branches]
-        outs.append(self.pool(x).expand(-1, -1, *x.shape[2:]))
+        if self.pool is not None:
+            outs.append(self.pool(x).expand(-1, -1, *x.shape[2:]))
         return self.project(torch.cat(outs, dim=1))
 
 
@@ -158,19 +162,27 @@ class SegmentationNet(nn.Module):
         embeddings: ``[K, E]`` class-name vectors for the GRM nodes, or None.
         adjacency: ``[K, K]`` normalised graph for the GRM, or None (identity).
         grm_node_dim / grm_key_dim / grm_gcn_layers: GRM sizes.
+        image_pooling: the ASPP's image-pooling branch (False: no global context in the head).
+        label_channels: > 0: the net also takes the image-level labels (of that many classes) as input,
+            stacked after the RGB planes as constant planes; their linear projection is added to the ASPP
+            output, before the 3x3 conv (the label-informed arm of the ``context`` positive control).
 
     Shapes:
-        ``forward(x [B, 3, H, W]) -> logits [B, K, H, W]``.
+        ``forward(x [B, 3 + label_channels, H, W]) -> logits [B, K, H, W]``.
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", width: int = 16,
                  weights_path: str | os.PathLike | None = None, output_stride: int = 16, aspp_channels: int = 256,
                  aspp_rates: Sequence[int] = (6, 12, 18), use_grm: bool = True, embeddings: Tensor | None = None,
                  adjacency: Tensor | None = None, grm_node_dim: int = 256, grm_key_dim: int = 64,
-                 grm_gcn_layers: int = 1, dropout: float = 0.1) -> None:
+                 grm_gcn_layers: int = 1, dropout: float = 0.1, image_pooling: bool = True,
+                 label_channels: int = 0) -> None:
         super().__init__()
+        if label_channels < 0:
+            raise ValueError(f"SegmentationNet: label_channels must be >= 0, got {label_channels}")
         self.backbone = build_backbone(backbone, width, weights_path, output_stride)
-        self.aspp = ASPP(self.backbone.out_channels, aspp_channels, aspp_rates)
+        self.aspp = ASPP(self.backbone.out_channels, aspp_channels, aspp_rates, image_pooling)
+        self.label_proj = nn.Linear(label_channels, aspp_channels) if label_channels else None
         self.conv = nn.Sequential(nn.Conv2d(aspp_channels, aspp_channels, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(aspp_channels), nn.ReLU(inplace=True))
         self.grm = (GRM(aspp_channels, num_classes, node_dim=grm_node_dim, key_dim=grm_key_dim,
@@ -178,9 +190,16 @@ class SegmentationNet(nn.Module):
                     if use_grm else nn.Identity())
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
-        self.num_classes, self.use_grm = num_classes, use_grm
+        self.num_classes, self.use_grm, self.label_channels = num_classes, use_grm, label_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[B, 3, H, W] -> [B, K, H, W]``: the stride-s logits upsampled by exactly s and cropped."""
-        y = self.classifier(self.dropout(self.grm(self.conv(self.aspp(self.backbone(x))))))
+        """``[B, 3 + label_channels, H, W] -> [B, K, H, W]``: the stride-s logits upsampled by exactly s and
+        cropped."""
+        if x.dim() != 4 or x.shape[1] != 3 + self.label_channels:
+            raise ValueError(f"SegmentationNet: input must have shape [B, {3 + self.label_channels}, H, W] (RGB"
+                             f"{' + label planes' if self.label_channels else ''}), got {list(x.shape)}")
+        feat = self.aspp(self.backbone(x[:, :3]))
+        if self.label_proj is not None:
+            feat = feat + self.label_proj(x[:, 3:].amax(dim=(2, 3)))[:, :, None, None]
+        y = self.classifier(self.dropout(self.grm(self.conv(feat))))
         return upsample_to_image(y, self.backbone.output_stride, tuple(x.shape[2:]))

@@ -45,7 +45,7 @@ def to_rgb(image: Tensor) -> Tensor:
 
 
 def open_dataset(cfg: PipelineConfig, split: str) -> SegmentationDataset:
-    """The dataset of ``cfg`` for ``split`` (synthetic: ``syn_train_images`` for train, else ``syn_val_images``)."""
+    """The dataset of ``cfg`` for ``split`` (built-in: ``syn_train_images`` for train, else ``syn_val_images``)."""
     n = cfg.syn_train_images if split == "train" else cfg.syn_val_images
     return build_dataset(cfg.dataset, split, cfg.data_root, cfg.cls_labels, num_images=n, size=cfg.syn_size,
                          seed=cfg.seed)
@@ -84,7 +84,7 @@ def stage_device(cfg: PipelineConfig) -> torch.device:
     """The stage's device; also applies ``cfg.threads`` (CPU threads per process, 0 = torch's default). Checks
     first that the dataset folder exists (before any run folder is made) and removes temp files that a killed
     earlier run left in the run folder."""
-    if cfg.dataset != "synthetic":
+    if not cfg.builtin_dataset():
         if not cfg.data_root:
             raise ValueError(f"dataset {cfg.dataset!r} needs its folder: set --data-root")
         require_dir(cfg.data_root, f"{cfg.dataset} dataset (--data-root)")

@@ -101,3 +101,23 @@ def format_table(results: dict[str, dict[str, Any]], class_names: Sequence[str])
             cells.append("-" if v is None else f"{100 * v:.1f}")
         rows.append(f"| {name} | **{100 * summary['miou']:.1f}** | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def look_alike_scores(conf: np.ndarray, class_names: Sequence[str], pair: Sequence[str]) -> dict[str, Any]:
+    """How well a look-alike pair ``(a, b)`` is told apart, from a ``[K, K]`` confusion matrix (rows = truth).
+
+    Returns ``{"pair": [a, b], "iou": {a: IoU, b: IoU}, "confusion": share of the pixels of a and b (truth) predicted
+    as the other one of the pair, "pixels": pixels of a and b}`` (IoU None and confusion NaN where absent).
+    """
+    names = list(class_names)
+    for n in pair:
+        if n not in names:
+            raise ValueError(f"look_alike_scores: class {n!r} of pair {list(pair)} is not among {names}")
+    a, b = (names.index(n) for n in pair)
+    conf = np.asarray(conf, dtype=np.int64)
+    iou = iou_from_confusion(conf)
+    pixels = int(conf[a].sum() + conf[b].sum())
+    swapped = int(conf[a, b] + conf[b, a])
+    return {"pair": [names[a], names[b]],
+            "iou": {names[k]: (None if np.isnan(iou[k]) else float(iou[k])) for k in (a, b)},
+            "confusion": swapped / pixels if pixels else float("nan"), "pixels": pixels}

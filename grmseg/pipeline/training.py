@@ -34,7 +34,7 @@ def make_augment(cfg: PipelineConfig, stage: str, batch: int) -> Augment:
     if len(cfg.scale_range) != 2:
         raise ValueError(f"config key 'scale_range' must hold two factors (lo, hi), got {list(cfg.scale_range)}")
     crop = cfg.crop_size(stage)
-    varying = cfg.dataset != "synthetic" or cfg.scale_range[0] != cfg.scale_range[1] or cfg.scale_range[0] != 1
+    varying = not cfg.builtin_dataset() or cfg.scale_range[0] != cfg.scale_range[1] or cfg.scale_range[0] != 1
     if crop == 0 and batch > 1 and varying:
         raise ValueError(f"{stage}: {stage}_crop_size 0 (no crop) needs images of one size, but the images of "
                          f"{cfg.dataset} (rescaled by {list(cfg.scale_range)}) differ in size: set "

@@ -9,7 +9,7 @@ make-cam       :mod:`.make_cam`            ``cams/<id>.npz``: ``cam`` (stride 4)
 train-irn      :mod:`.train_irn`           ``irn/model.pt``: IRN's boundary net (aff_source irn)
 train-aff      :mod:`.train_aff`           ``aff/model.pt``: PSA's AffinityNet (aff_source affnet)
 refine         :mod:`.refine`              ``pseudo/<id>.png``: affinity + random walk
-train-seg      :mod:`.train_seg`           ``seg/model.pt`` (``seg_nogrm/`` without GRM)
+train-seg      :mod:`.train_seg`           ``seg/model.pt`` (``seg_nogrm/``, ``seg_grm_*/``: variants)
 eval           :mod:`.evaluate`            ``eval/{eval.json, table.md, confusion_*.csv}``, predictions
 =============  ==========================  =======================================================
 

@@ -23,7 +23,7 @@ from grmseg.pipeline.crf import crf_probabilities
 from grmseg.pipeline.datasets import load_mask, save_png_atomic, voc_palette
 from grmseg.pipeline.metrics import SegmentationMeter, format_table
 from grmseg.pipeline.stages.make_cam import cam_to_mask
-from grmseg.pipeline.stages.train_seg import load_segmenter, predict_probabilities, seg_dir
+from grmseg.pipeline.stages.train_seg import load_segmenter, predict_probabilities, seg_dir, seg_label
 
 
 def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def evaluate(cfg: PipelineConfig) -> dict[str, Any]:
             else:
                 unscored[cfg.val_split].append(s["id"])
         if n:
-            label = "segmentation (GRM)" if cfg.use_grm else "segmentation (no GRM)"
+            label = seg_label(cfg)
             results[label] = {**seg_m.summary(), "split": cfg.val_split, "images": n}
             if cfg.eval_crf:
                 results[label + " + CRF"] = {**crf_m.summary(), "split": cfg.val_split, "images": n}

@@ -3,7 +3,8 @@
 DeepLab-style net with GRM after the ASPP head (:class:`grmseg.models.SegmentationNet`), trained with
 cross-entropy (pseudo-mask label 255 and crop padding ignored) on random rescale + flip + ``seg_crop_size`` crops;
 ``seg_epochs`` epochs or ``seg_iterations`` SGD steps (DeepLab: 20k). Writes ``<run>/seg/model.pt``
-(``<run>/seg_nogrm/`` without GRM).
+(``<run>/seg_nogrm/`` without GRM, ``<run>/seg_grm_<graph>[_noemb]/`` with a GRM graph other than the classifier's
+or without class-name embeddings: :func:`seg_dir`).
 """
 
 from __future__ import annotations
@@ -41,16 +42,43 @@ def build_segmenter(cfg: PipelineConfig, class_names: list[str], labels: np.ndar
         full = class_name_embeddings(class_names)
         emb = full if cfg.grm_embeddings else None
         with_bg = np.concatenate([np.ones((labels.shape[0], 1), np.float32), labels], axis=1)
-        adj = knowledge_graph(cfg.graph, full, with_bg)
+        adj = knowledge_graph(cfg.grm_graph_name(), full, with_bg)
     weights = (cfg.seg_weights_path or cfg.weights_path) if load_weights else None
     return SegmentationNet(len(class_names), cfg.seg_backbone_name(), cfg.width, weights, cfg.output_stride,
                            cfg.aspp_channels, cfg.aspp_rates, cfg.use_grm, emb, adj, cfg.grm_node_dim,
-                           cfg.grm_key_dim, cfg.grm_gcn_layers)
+                           cfg.grm_key_dim, cfg.grm_gcn_layers, image_pooling=cfg.aspp_pooling)
+
+
+def _default_grm(cfg: PipelineConfig) -> bool:
+    return cfg.grm_graph_name() == cfg.graph and cfg.grm_embeddings
+
+
+def _variant(cfg: PipelineConfig) -> tuple[str, str]:
+    """(run sub-folder, name in the results) of the segmentation net of ``cfg``."""
+    if not cfg.use_grm:
+        folder, name = "seg_nogrm", "no GRM"
+    elif _default_grm(cfg):
+        folder, name = "seg", "GRM"
+    else:
+        emb = "" if cfg.grm_embeddings else "_noemb"
+        folder = f"seg_grm_{cfg.grm_graph_name()}{emb}"
+        name = f"GRM, graph {cfg.grm_graph_name()}{', no embeddings' if emb else ''}"
+    if not cfg.aspp_pooling:
+        folder, name = folder + "_nopool", name + ", no ASPP pooling"
+    return folder, f"segmentation ({name})"
 
 
 def seg_dir(cfg: PipelineConfig) -> str:
-    """The run sub-folder of the segmentation net: ``seg`` (GRM on) or ``seg_nogrm``."""
-    return "seg" if cfg.use_grm else "seg_nogrm"
+    """The run sub-folder of the segmentation net: ``seg`` (GRM on, on the classifier's graph, with the class-name
+    embeddings), ``seg_nogrm`` (GRM off), else ``seg_grm_<grm graph>`` (+ ``_noemb`` without embeddings); each
+    + ``_nopool`` without the ASPP's image pooling."""
+    return _variant(cfg)[0]
+
+
+def seg_label(cfg: PipelineConfig) -> str:
+    """The name of the segmentation net in the results: ``segmentation (GRM)``, ``segmentation (no GRM)``, or e.g.
+    ``segmentation (GRM, graph none, no embeddings)``, ``segmentation (no GRM, no ASPP pooling)``."""
+    return _variant(cfg)[1]
 
 
 def train_seg(cfg: PipelineConfig) -> Path:
@@ -75,8 +103,9 @@ def train_seg(cfg: PipelineConfig) -> Path:
         log.info("[train-seg] backbone initialised from the trained classifier")
     model = model.to(dev)
     how = f"{cfg.seg_iterations} iterations" if cfg.seg_iterations > 0 else f"{cfg.seg_epochs} epochs"
+    variant = "" if seg_dir(cfg) in ("seg", "seg_nogrm") else f" ({seg_label(cfg)})"
     log.info(f"[train-seg] {len(ds)} images with pseudo masks; backbone {cfg.seg_backbone_name()}, GRM "
-             f"{'on' if cfg.use_grm else 'off'}; {how}")
+             f"{'on' if cfg.use_grm else 'off'}; {how}{variant}")
 
     def loss_fn(logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
