@@ -204,7 +204,15 @@ def build_summary() -> str:
 
     cuda_rt = torch.version.cuda or "none"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible"
-    lines = [f"grmseg {grmseg.__version__}, torch {torch.__version__} (CUDA {cuda_rt}; {gpu})"]
+    version = grmseg.__version__
+    try:  # the installed build's version names its torch: 0.1.0+pt2.14.1.cu130
+        import importlib.metadata
+
+        installed = importlib.metadata.version("grmseg")
+        version = installed if installed.split("+")[0] == version else version
+    except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        pass
+    lines = [f"grmseg {version}, torch {torch.__version__} (CUDA {cuda_rt}; {gpu})"]
     if _C is None:
         lines.append(f"grmseg._C: not loaded: {_LOAD_ERROR}")
     else:

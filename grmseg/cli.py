@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--min-size", type=int, default=61, help="smallest image side")
     syn.add_argument("--max-size", type=int, default=95, help="largest image side (multiples of 16 are skipped)")
     syn.add_argument("--any-size", action="store_true", help="allow sides that are multiples of 16 too")
+    syn.add_argument("--scenes", choices=("synthetic", "context"), default="synthetic",
+                     help="which built-in scenes: synthetic (appearance decides) or context (look-alike cat and dog "
+                     "told apart by their companions)")
     for name, text in STAGE_HELP.items():
         add_config_arguments(sub.add_parser(name, help=text))
     demo_defaults = {**demo_preset(), "run_dir": "runs/demo"}
@@ -85,8 +88,9 @@ def _run(args: argparse.Namespace) -> int:
         from grmseg.pipeline.datasets.synthetic import write_layout
 
         root = write_layout(args.out, args.layout, args.train_images, args.val_images, args.seed, args.min_size,
-                            args.max_size, odd_only=not args.any_size)
-        print(f"wrote {args.train_images} + {args.val_images} images to {root} ({args.layout} layout); run e.g. "
+                            args.max_size, odd_only=not args.any_size, spec=args.scenes)
+        print(f"wrote {args.train_images} + {args.val_images} {args.scenes} images to {root} ({args.layout} layout); "
+              "run e.g. "
               f"python -m grmseg demo --dataset {args.layout} --data-root {root}")
     elif args.command == "info":
         import grmseg

@@ -62,3 +62,20 @@ def test_synthetic_data_command_writes_a_coco_folder(tmp_path, capsys):
     s = ds[0]
     assert s["image"].shape[:2] == s["mask"].shape and all(v % 16 for v in s["mask"].shape)
     assert set(s["mask"].ravel().tolist()) <= {0, 1, 2, 3, 17, 18, 58}
+
+
+def test_synthetic_data_command_writes_the_context_scenes(tmp_path, capsys):
+    pytest.importorskip("PIL", reason="Pillow is not installed")
+    import numpy as np
+
+    from grmseg.pipeline.datasets import VOCSegmentation
+
+    out = tmp_path / "voc"
+    argv = ["synthetic-data", "--out", str(out), "--scenes", "context", "--train-images", "6", "--val-images", "1"]
+    assert main(argv) == 0
+    assert "context images" in capsys.readouterr().out
+    ds = VOCSegmentation(out, "train")
+    labels = np.stack([ds[i]["labels"] for i in range(len(ds))]) != 0  # [N, 20]: VOC classes 1..20
+    # background, person, cat, dog, sofa, horse, sheep (VOC 0, 15, 8, 12, 18, 13, 17) and nothing else
+    assert set(np.flatnonzero(labels.any(axis=0)) + 1) <= {15, 8, 12, 18, 13, 17}
+    assert not (labels[:, 8 - 1] & labels[:, 12 - 1]).any()  # cat and dog never together

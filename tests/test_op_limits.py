@@ -64,3 +64,7 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch, tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"")
     with pytest.raises(ImportError, match=r"reading images needs the package 'pillow'.*pip install --no-build-isolation \"\.\[pipeline\]\""):
         load_image(tmp_path / "x.jpg")
+    from grmseg.pipeline.datasets.synthetic import write_layout
+
+    with pytest.raises(ImportError, match=r"writing a dataset folder needs the package 'pillow'"):
+        write_layout(tmp_path / "voc", "voc", train_images=1, val_images=1)

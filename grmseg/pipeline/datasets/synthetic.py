@@ -311,9 +311,10 @@ def write_layout(root: str | os.PathLike, layout: str = "voc", train_images: int
     Returns:
         ``root`` (the folder to pass as ``--data-root``).
     """
-    from PIL import Image
-
+    from grmseg._optional import optional_import
     from grmseg.pipeline.datasets.base import save_png_atomic, voc_palette
+
+    Image = optional_import("PIL.Image", "writing a dataset folder")
 
     if layout not in _NAMES_IN:
         raise ValueError(f"write_layout: layout must be one of {list(_NAMES_IN)}, got {layout!r}")
