@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -165,8 +166,18 @@ def cpu_capability_report() -> str:
     return _C.cpu_capability_report()
 
 
+_CAPABILITY_LISTENERS: list[Callable[[str], None]] = []
+
+
+def on_cpu_capability_change(listener: Callable[[str], None]) -> None:
+    """Call ``listener(level)`` after every :func:`set_cpu_capability` (the backend choice of ``grmseg.ops``, which
+    depends on the level, registers here: this module sits below it and does not import it)."""
+    _CAPABILITY_LISTENERS.append(listener)
+
+
 def set_cpu_capability(level: str) -> str:
-    """Run the CPU kernels at ``level`` from now on; returns the previous level.
+    """Run the CPU kernels at ``level`` from now on; returns the previous level. ``backend="auto"`` follows (it
+    keeps the reference for the kernels that are slower at the new level).
 
     Raises:
         ValueError: ``level`` is not one of :func:`cpu_capabilities`.
@@ -178,6 +189,8 @@ def set_cpu_capability(level: str) -> str:
         raise ValueError(f"set_cpu_capability: level must be one of {cpu_capabilities()}, got {level!r}")
     previous = _C.cpu_capability()
     _C.set_cpu_capability(level)
+    for listener in _CAPABILITY_LISTENERS:
+        listener(level)
     return previous
 
 

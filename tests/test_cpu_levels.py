@@ -158,3 +158,25 @@ def test_auto_skips_the_gemm_kernels_at_the_x86_baseline():
         assert grmseg.ops.selected("grm_project_forward", "cpu") == "csrc"
         assert grmseg.ops.selected("graph_conv_forward", "cpu") == "reference"
         assert grmseg.ops.selected("graph_conv_forward", "cpu", "csrc") == "csrc"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 levels")
+def test_auto_follows_a_level_set_at_run_time():
+    """set_cpu_capability changes auto's choice at once (no restart): the baseline level keeps the reference for the
+    GEMM-shaped kernels, a vector level gives them back to csrc."""
+    from grmseg.ops.impl import csrc
+
+    levels = _ext.cpu_capabilities()
+    if "default" not in levels or len(levels) < 2:
+        pytest.skip("needs the baseline and one vector level")
+    previous = _ext.set_cpu_capability("default")
+    try:
+        assert "grm_project_forward" in csrc.NOT_AUTO["cpu"]
+        assert grmseg.ops.selected("grm_project_forward", "cpu") == "reference"
+        _ext.set_cpu_capability(levels[-1])
+        assert grmseg.ops.selected("grm_project_forward", "cpu") == "csrc"
+        assert csrc.NOT_AUTO == {"cpu": csrc.SLOWER_ON_CPU}
+    finally:
+        _ext.set_cpu_capability(previous)
+    assert grmseg.ops.selected("grm_project_forward", "cpu") == (
+        "reference" if "grm_project_forward" in csrc.NOT_AUTO["cpu"] else "csrc")

@@ -148,6 +148,11 @@ def _resolve(kernel: str, device_type: str, requested: str) -> str:
     return requested if kernel in _kernels(requested, device_type) else "reference"
 
 
+def clear_choices() -> None:
+    """Forget the cached backend choices (after something they depend on changed, e.g. the CPU level)."""
+    _resolve.cache_clear()
+
+
 def selected(kernel: str, device: torch.device | str, backend: str = "auto") -> str:
     """The name of the backend that runs ``kernel`` (e.g. ``"grm_project_forward"``) on ``device``."""
     if kernel not in KERNEL_NAMES:

@@ -41,9 +41,18 @@ def _not_auto() -> dict[str, frozenset[str]]:
 
 #: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks;
 #: a forced backend still runs them). At the AVX2 and AVX-512 levels every other CPU kernel beats the reference at
-#: the benchmark sizes (README); at x86-64's baseline level some more do not. Taken from the level in use at
-#: import (``$GRMSEG_CPU_CAPABILITY``).
+#: the benchmark sizes (README); at x86-64's baseline level some more do not. Follows the level in use
+#: (``$GRMSEG_CPU_CAPABILITY`` at import, then ``grmseg._ext.set_cpu_capability``).
 NOT_AUTO: dict[str, frozenset[str]] = _not_auto()
+
+
+def _follow_cpu_capability(level: str) -> None:
+    global NOT_AUTO
+    NOT_AUTO = _not_auto()
+    _backends.clear_choices()
+
+
+_ext.on_cpu_capability_change(_follow_cpu_capability)
 
 KERNEL_NAMES = _backends.KERNEL_NAMES
 
