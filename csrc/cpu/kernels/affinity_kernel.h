@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cpu/capability.h"
+#include "cpu/kernels/kernel_table.h"
 
 namespace grmseg {
 namespace cpu {
@@ -31,19 +32,7 @@ struct AffinityFns {
   void (*boundary_rows)(const AffinityArgs<T>&, int64_t begin, int64_t end);  // (image, row) tasks
 };
 
-struct AffinityKernels {
-  AffinityFns<float> f32;
-  AffinityFns<double> f64;
-
-  template <typename T>
-  const AffinityFns<T>& get() const {
-    if constexpr (std::is_same_v<T, float>) {
-      return f32;
-    } else {
-      return f64;
-    }
-  }
-};
+using AffinityKernels = PerAccDtype<AffinityFns>;
 
 constexpr int64_t kAffinityPad = 16;  // Wr and L are multiples of this (every level's vector length divides it)
 

@@ -23,25 +23,37 @@ struct MapView {
   int64_t sb, sc, sp;
 };
 
-// Fns<T> for each floating input dtype T.
+// Fns<T> for the two accumulation dtypes only (kernel families whose glue converts fp16/bf16 input first).
 template <template <typename> class Fns>
-struct PerDtype {
+struct PerAccDtype {
   Fns<float> f32;
   Fns<double> f64;
-  Fns<c10::Half> f16;
-  Fns<c10::BFloat16> bf16;
 
   template <typename T>
   const Fns<T>& get() const {
     if constexpr (std::is_same_v<T, float>) {
       return f32;
-    } else if constexpr (std::is_same_v<T, double>) {
-      return f64;
-    } else if constexpr (std::is_same_v<T, c10::Half>) {
-      return f16;
     } else {
-      static_assert(std::is_same_v<T, c10::BFloat16>, "a floating dtype");
+      static_assert(std::is_same_v<T, double>, "an accumulation dtype");
+      return f64;
+    }
+  }
+};
+
+// Fns<T> for each floating input dtype T.
+template <template <typename> class Fns>
+struct PerDtype : PerAccDtype<Fns> {
+  Fns<c10::Half> f16;
+  Fns<c10::BFloat16> bf16;
+
+  template <typename T>
+  const Fns<T>& get() const {
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      return f16;
+    } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
       return bf16;
+    } else {
+      return PerAccDtype<Fns>::template get<T>();
     }
   }
 };
@@ -49,7 +61,7 @@ struct PerDtype {
 // The table of a kernel file: Fns<T> made by make<T>() for every dtype (constant-initialised).
 template <template <typename> class Fns, typename Make>
 constexpr PerDtype<Fns> per_dtype(Make make) {
-  return {make.template operator()<float>(), make.template operator()<double>(),
+  return {{make.template operator()<float>(), make.template operator()<double>()},
           make.template operator()<c10::Half>(), make.template operator()<c10::BFloat16>()};
 }
 

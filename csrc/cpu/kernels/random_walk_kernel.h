@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "cpu/capability.h"
+#include "cpu/kernels/kernel_table.h"
 
 namespace grmseg {
 namespace cpu {
@@ -30,19 +31,7 @@ struct WalkFns {
   void (*walk_rows)(const WalkArgs<T>&, const T* src, T* dst, int64_t bi, int64_t y0, int64_t y1);
 };
 
-struct WalkKernels {
-  WalkFns<float> f32;
-  WalkFns<double> f64;
-
-  template <typename T>
-  const WalkFns<T>& get() const {
-    if constexpr (std::is_same_v<T, float>) {
-      return f32;
-    } else {
-      return f64;
-    }
-  }
-};
+using WalkKernels = PerAccDtype<WalkFns>;
 
 }  // namespace cpu
 }  // namespace grmseg
