@@ -30,27 +30,18 @@ needs_cmake = pytest.mark.skipif(
 )
 
 
-@needs_cmake
-def test_cmake_configures_cpu_only(tmp_path):
-    cmd = [
-        "cmake",
-        "-S",
-        str(ROOT),
-        "-B",
-        str(tmp_path / "build"),
-        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-        "-DGRMSEG_WITH_CUDA=OFF",
-    ]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "grmseg_ops: CUDA kernels OFF" in proc.stdout
-    assert (tmp_path / "build" / "CMakeCache.txt").exists()
-
-
 def _cmake_configure(src: Path, build: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = ["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
            *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+
+@needs_cmake
+def test_cmake_configures_cpu_only(tmp_path):
+    proc = _cmake_configure(ROOT, tmp_path / "build", "-DGRMSEG_WITH_CUDA=OFF")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "grmseg_ops: CUDA kernels OFF" in proc.stdout
+    assert (tmp_path / "build" / "CMakeCache.txt").exists()
 
 
 @needs_cmake
