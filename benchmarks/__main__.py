@@ -44,7 +44,11 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                    help="CPU thread counts: every case runs at each, e.g. 1,2 (default: left as it is)")
     p.add_argument("--cpu-level", choices=("default", "avx2", "avx512"),
                    help="instruction-set level of the csrc CPU kernels (default: detected, or $GRMSEG_CPU_CAPABILITY)")
-    p.add_argument("--no-sgemm", dest="sgemm", action="store_false", help="do not measure the sgemm rate")
+    p.add_argument("--no-sgemm", dest="sgemm", action="store_false",
+                   help="do not measure the sgemm rate (nor, on the CPU, the FMA peak of the csrc level)")
+    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                   help="CPU: 'retain' (default) makes glibc's malloc reuse freed memory instead of faulting every "
+                        "call's buffers in afresh; 'default' leaves the allocator as it is")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out reference+compile")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="do not measure peak memory")
     p.add_argument("--peak-bandwidth", type=float, metavar="GBPS", dest="peak_bandwidth_gbps",
@@ -77,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     config = BenchConfig(
         device=a.device, sizes=a.sizes, quick=a.quick, ops=a.ops, dtypes=a.dtypes, phases=a.phases,
         providers=a.providers, repeats=a.repeats, threads=threads, cpu_level=a.cpu_level, sgemm=a.sgemm,
-        compile=a.compile, memory=a.memory, peak_bandwidth_gbps=a.peak_bandwidth_gbps, out=a.out,
+        malloc=a.malloc, compile=a.compile, memory=a.memory, peak_bandwidth_gbps=a.peak_bandwidth_gbps, out=a.out,
     )
     if a.quiet:
         config.log = None

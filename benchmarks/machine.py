@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import importlib.metadata
 import os
@@ -97,3 +98,31 @@ def machine_info(device: torch.device, peak_bw: float | None) -> dict[str, Any]:
         "backends": {name: str(status) for name, status in grmseg.ops.backends().items()},
         "cpu_kernels": grmseg._ext.cpu_capability_report() if grmseg._ext.built() else None,
     }
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's largest allowed M_MMAP_THRESHOLD on 64-bit systems
+
+
+def retain_freed_memory() -> str | None:
+    """Make glibc's malloc keep freed memory for reuse (no unmapping, no trimming) for the rest of the process.
+
+    By default glibc serves large blocks (each op's outputs and temporaries: megabytes) with mmap and returns them
+    to the OS on free, so every call faults its buffers in afresh: a cost of the allocator, paid per call and most
+    by the code that allocates most (on a 2-core Xeon it was ~20% of the eager reference GRM layer), and one that
+    depends on what ran before. With this, CPU rows time the kernels and not the page faults. Returns what was
+    set (for the report), or None where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    if not (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        return None
+    return (f"glibc malloc keeps freed memory (M_MMAP_THRESHOLD {_MMAP_THRESHOLD_MAX >> 20} MiB, "
+            "M_TRIM_THRESHOLD 2 GiB): buffers are reused, not faulted in afresh each call")

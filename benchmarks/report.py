@@ -21,7 +21,8 @@ class Row:
     (compilation, autotuning, lazy set-up). ``note`` says why a row has no numbers (or no peak memory).
     ``threads`` is the CPU thread count of the row (None on CUDA); ``flops`` the useful flops of
     :mod:`benchmarks.cases`, ``gflops`` that over the median time and ``of_sgemm`` that as a fraction of the
-    machine's sgemm rate at the same thread count (CPU rows).
+    machine's sgemm rate at the same thread count (CPU rows); ``of_fma`` as a fraction of the FMA peak of the
+    csrc kernels' instruction-set level at that thread count (CPU rows that ran csrc).
     """
 
     op: str
@@ -48,6 +49,7 @@ class Row:
     speedup: float | None = None
     gflops: float | None = None
     of_sgemm: float | None = None
+    of_fma: float | None = None
     speedup_vs: str = REFERENCE
     first_call_ms: float | None = None
     note: str = ""
@@ -93,8 +95,9 @@ def add_speedups(rows: Sequence[Row], baselines: Sequence[str] = ()) -> None:
 
 
 COLUMNS = ("op", "phase", "provider", "shape", "dtype", "device", "threads", "median ms", "p20-p80 ms", "GB/s",
-           "% peak", "GFLOP/s", "of sgemm", "peak MB", "vs ref")
-_NUMERIC = {"threads", "median ms", "p20-p80 ms", "GB/s", "% peak", "GFLOP/s", "of sgemm", "peak MB", "vs ref"}
+           "% peak", "GFLOP/s", "of sgemm", "of FMA", "peak MB", "vs ref")
+_NUMERIC = {"threads", "median ms", "p20-p80 ms", "GB/s", "% peak", "GFLOP/s", "of sgemm", "of FMA", "peak MB",
+            "vs ref"}
 
 
 def _ms(v: float) -> str:
@@ -113,6 +116,7 @@ def _cells(r: Row) -> list[str]:
         "" if r.pct_peak is None else f"{r.pct_peak:.0f}%",
         "" if r.gflops is None else f"{r.gflops:.1f}" if r.gflops >= 10 else f"{r.gflops:.3g}",
         "" if r.of_sgemm is None else f"{r.of_sgemm:.2f}",
+        "" if r.of_fma is None else f"{r.of_fma:.2f}",
         "" if r.peak_mb is None else f"{r.peak_mb:.1f}" if r.peak_mb >= 1 else f"{r.peak_mb:.3f}",
         "" if r.speedup is None else f"{r.speedup:.2f}x" + ("" if r.speedup_vs == REFERENCE else f" ({r.speedup_vs})"),
     ]
@@ -135,7 +139,9 @@ _LEGEND = (
     " GB/s: the minimal bytes each op must read and write once, over the median time (for `random_walk` that"
     " floor ignores its many passes). GFLOP/s: the op's useful flops (benchmarks/cases.py) over the median time;"
     " of sgemm: that over the machine's fp32 sgemm rate (1024^3, torch.mm) at the row's thread count, measured"
-    " in the same run. Peak MB: the most memory held above the starting point during one run (`bwd` rows: a"
+    " in the same run; of FMA (csrc rows): that over the fp32 FMA peak of the csrc kernels' instruction-set level"
+    " (grmseg._ext.cpu_fma_peak_gflops) at the row's thread count, the ceiling of those kernels (a level"
+    " below the CPU's best cannot reach a BLAS that uses wider vectors). Peak MB: the most memory held above the starting point during one run (`bwd` rows: a"
     " whole forward + backward). vs ref: speed-up over the `reference` backend in eager mode at the same thread"
     " count, or over the external baseline named beside it where the exact reference cannot run (`dense_crf`"
     " against pydensecrf). `a->b`: backend a lacks the kernel, b ran."
@@ -147,6 +153,7 @@ def format_markdown(report: Report) -> str:
     m = report.machine
     bw = m.get("peak_bandwidth_gbps")
     sgemm = m.get("sgemm_gflops") or {}
+    fma = m.get("fma_peak_gflops") or {}
     head = (
         f"Device: **{m.get('device_name')}** ({m.get('device')}"
         + (f", peak {bw:.0f} GB/s" if bw else "")
@@ -157,6 +164,10 @@ def format_markdown(report: Report) -> str:
         + (f" csrc CPU kernels: {m.get('cpu_kernels')}." if m.get("cpu_kernels") else "")
         + (" sgemm: " + ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if int(t) > 1 else ''}"
                                   for t, v in sgemm.items()) + "." if sgemm else "")
+        + (f" FMA peak at the {m.get('fma_peak_level')} level: "
+           + ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if int(t) > 1 else ''}" for t, v in fma.items()) + "."
+           if fma else "")
+        + (f" Memory: {m['malloc']}." if m.get("malloc") else "")
     )
     align = ["---:" if c in _NUMERIC else "---" for c in COLUMNS]
     lines = [

@@ -17,7 +17,7 @@ from benchmarks import external, timing
 from benchmarks import providers as prov
 from benchmarks import report as rep
 from benchmarks.cases import OPS, SIZE_SETS, Case, Inputs, grm_layer_available, make_cases
-from benchmarks.machine import machine_info, peak_bandwidth
+from benchmarks.machine import machine_info, peak_bandwidth, retain_freed_memory
 
 
 def _stderr_log(msg: str) -> None:
@@ -40,7 +40,10 @@ class BenchConfig:
         threads: CPU thread counts: every case runs at each (``torch.set_num_threads``); None: left as it is.
         cpu_level: the instruction-set level of the csrc CPU kernels (``default``, ``avx2``, ``avx512``; None:
             as detected or forced by ``$GRMSEG_CPU_CAPABILITY``).
-        sgemm: measure the device's sgemm rate (per thread count on the CPU) for the ``of sgemm`` column.
+        sgemm: measure the device's sgemm rate (per thread count on the CPU) for the ``of sgemm`` column, and on
+            the CPU the FMA peak of the csrc kernels' level for the ``of FMA`` column.
+        malloc: on the CPU, ``"retain"`` makes glibc's malloc keep freed memory (see
+            :func:`benchmarks.machine.retain_freed_memory`), ``"default"`` leaves it as it is.
         compile: add the ``reference+compile`` provider.
         memory: measure peak memory.
         peak_bandwidth_gbps: override the device's peak bandwidth (GB/s) for the ``% peak`` column.
@@ -59,6 +62,7 @@ class BenchConfig:
     threads: list[int] | None = None
     cpu_level: str | None = None
     sgemm: bool = True
+    malloc: str = "retain"
     compile: bool = True
     memory: bool = True
     peak_bandwidth_gbps: float | None = None
@@ -70,6 +74,19 @@ class BenchConfig:
         d = asdict(self)
         d.pop("log")
         return d
+
+
+def _fma_peaks(thread_counts: list[int | None]) -> dict[int | None, float]:
+    """The csrc CPU kernels' FMA peak at each thread count (empty when grmseg._C is not built)."""
+    from grmseg import _ext
+
+    if not _ext.built():
+        return {}
+    peaks = {}
+    for threads in thread_counts:
+        _set_threads(threads)
+        peaks[threads] = _ext.cpu_fma_peak_gflops()
+    return peaks
 
 
 def _release(device: torch.device, collect: bool) -> None:
@@ -171,6 +188,9 @@ def run(config: BenchConfig) -> rep.Report:
         if config.cpu_level not in _ext.cpu_capabilities():
             raise ValueError(f"cpu_level {config.cpu_level!r} is not available here; levels: {_ext.cpu_capabilities()}")
         _ext.set_cpu_capability(config.cpu_level)
+    if config.malloc not in ("retain", "default"):
+        raise ValueError(f"malloc must be 'retain' or 'default', got {config.malloc!r}")
+    malloc = retain_freed_memory() if device.type == "cpu" and config.malloc == "retain" else None
     thread_counts: list[int | None] = [None] if device.type == "cuda" else list(config.threads or [None])
     peak_bw = config.peak_bandwidth_gbps * 1e9 if config.peak_bandwidth_gbps else peak_bandwidth(device)
     report = rep.Report(machine=machine_info(device, peak_bw), config={**config.public(), "sizes": size_name})
@@ -180,6 +200,14 @@ def run(config: BenchConfig) -> rep.Report:
             _set_threads(threads)
             sgemm[threads] = timing.sgemm_gflops(device, 256 if config.quick else 1024)
         report.machine["sgemm_gflops"] = {str(t or torch.get_num_threads()): v for t, v in sgemm.items()}
+    if malloc:
+        report.machine["malloc"] = malloc
+    fma = _fma_peaks(thread_counts) if config.sgemm and device.type == "cpu" else {}
+    if fma:
+        from grmseg import _ext
+
+        report.machine["fma_peak_level"] = _ext.cpu_capability()
+        report.machine["fma_peak_gflops"] = {str(t or torch.get_num_threads()): v for t, v in fma.items()}
 
     ops = list(config.ops) if config.ops else list(OPS)
     if "grm_layer" in ops:
@@ -220,6 +248,8 @@ def run(config: BenchConfig) -> rep.Report:
                 row = _one_row(case, provider, inputs, device, config, peak_bw, memory_ok, threads)
                 if row.gflops is not None and sgemm.get(threads):
                     row.of_sgemm = row.gflops / sgemm[threads]
+                if row.gflops is not None and fma.get(threads) and row.ran == "csrc":
+                    row.of_fma = row.gflops / fma[threads]
                 report.rows.append(row)
                 done += 1
                 result = f"{row.median_ms:.4g} ms (first call {row.first_call_ms:.4g} ms)" if row.ok else row.note

@@ -28,6 +28,7 @@ __all__ = [
     "cpu_capabilities",
     "cpu_capability",
     "cpu_capability_report",
+    "cpu_fma_peak_gflops",
     "cuda_built",
     "cuda_skip_reason",
     "has_kernel",
@@ -164,6 +165,20 @@ def cpu_capability_report() -> str:
     if _C is None:
         return _LOAD_ERROR or ""
     return _C.cpu_capability_report()
+
+
+def cpu_fma_peak_gflops() -> float:
+    """The fp32 multiply-add rate (GFLOP/s, a multiply-add counts 2) of this CPU at the active level, with
+    ``torch.get_num_threads()`` threads running independent FMA chains at once (the best of three runs, about
+    0.3 s in all): the ceiling of every CPU kernel at that level. With a level below the CPU's best forced, the
+    BLAS sgemm (which picks its own, wider, vectors) can be out of the kernels' reach; this cannot.
+
+    Raises:
+        RuntimeError: ``grmseg._C`` is not loaded.
+    """
+    if _C is None:
+        raise RuntimeError(f"grmseg._C is not loaded: {_LOAD_ERROR}")
+    return float(_C.cpu_fma_peak_gflops())
 
 
 _CAPABILITY_LISTENERS: list[Callable[[str], None]] = []

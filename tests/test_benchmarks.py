@@ -6,6 +6,7 @@ Timings are never asserted; only that the harness produces them.
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -47,6 +48,11 @@ def test_quick_run_writes_json_and_markdown(quick_run):
     assert {r["op"] for r in rows} == expected_ops
     assert set(data["machine"]["sgemm_gflops"]) == {"1", "2"} and all(v > 0 for v in data["machine"]["sgemm_gflops"].values())
     assert data["machine"]["cpu_kernels"].split()[0] in grmseg._ext.cpu_capabilities()
+    assert data["machine"]["fma_peak_level"] == grmseg._ext.cpu_capability()
+    assert set(data["machine"]["fma_peak_gflops"]) == {"1", "2"}
+    assert all(v > 0 for v in data["machine"]["fma_peak_gflops"].values())
+    if platform.libc_ver()[0] == "glibc":
+        assert "keeps freed memory" in data["machine"]["malloc"]
     # every op and phase has a timed reference row at each thread count
     for name in expected_ops:
         for phase in OPS[name].phases():
@@ -63,10 +69,15 @@ def test_quick_run_writes_json_and_markdown(quick_run):
             assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
             assert r["gflops"] == pytest.approx(r["flops"] / r["median_ms"] / 1e6)
             assert r["of_sgemm"] == pytest.approx(r["gflops"] / data["machine"]["sgemm_gflops"][str(r["threads"])])
+            if r["ran"] == "csrc":  # the FMA peak of the csrc level is the ceiling of csrc rows only
+                assert r["of_fma"] == pytest.approx(r["gflops"] / data["machine"]["fma_peak_gflops"][str(r["threads"])])
+            else:
+                assert r["of_fma"] is None
         else:
             assert r["note"]  # a row without a time says why
     md = (out / "bench.md").read_text()
     assert "| op | phase | provider |" in md and "grm_project" in md and "of sgemm" in md and "sgemm:" in md
+    assert "of FMA" in md and "FMA peak at the" in md
 
 
 def test_useful_flops():

@@ -180,3 +180,18 @@ def test_auto_follows_a_level_set_at_run_time():
         _ext.set_cpu_capability(previous)
     assert grmseg.ops.selected("grm_project_forward", "cpu") == (
         "reference" if "grm_project_forward" in csrc.NOT_AUTO["cpu"] else "csrc")
+
+
+def test_fma_peak_probe_runs_at_every_level():
+    """The probe behind the benchmarks' "of FMA" column: a finite positive rate at each level (never timed
+    against anything: only that it measures)."""
+    import math
+
+    previous = grmseg._ext.cpu_capability()
+    try:
+        for level in grmseg._ext.cpu_capabilities():
+            grmseg._ext.set_cpu_capability(level)
+            rate = grmseg._ext.cpu_fma_peak_gflops()
+            assert isinstance(rate, float) and math.isfinite(rate) and rate > 0, (level, rate)
+    finally:
+        grmseg._ext.set_cpu_capability(previous)
