@@ -153,8 +153,9 @@ def test_auto_skips_the_gemm_kernels_at_the_x86_baseline():
         assert "grm_project_forward" in skipped and chosen == "reference"
     from grmseg.ops.impl import csrc
 
-    if _ext.cpu_capability() != "default":
+    if _ext.cpu_capability() == _ext.cpu_capabilities()[-1]:
         assert csrc.NOT_AUTO == {"cpu": csrc.SLOWER_ON_CPU}
+    if _ext.cpu_capability() != "default":
         assert grmseg.ops.selected("grm_project_forward", "cpu") == "csrc"
         assert grmseg.ops.selected("graph_conv_forward", "cpu") == "reference"
         assert grmseg.ops.selected("graph_conv_forward", "cpu", "csrc") == "csrc"
@@ -180,6 +181,27 @@ def test_auto_follows_a_level_set_at_run_time():
         _ext.set_cpu_capability(previous)
     assert grmseg.ops.selected("grm_project_forward", "cpu") == (
         "reference" if "grm_project_forward" in csrc.NOT_AUTO["cpu"] else "csrc")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 levels")
+def test_auto_keeps_the_reference_where_a_forced_level_loses_to_the_blas():
+    """Below the CPU's best level the reference's GEMMs (MKL, at the CPU's full width) beat grm_reproject's csrc
+    backward: auto picks the reference for it there, and csrc again at the best level."""
+    from grmseg.ops.impl import csrc
+
+    levels = [lvl for lvl in _ext.cpu_capabilities() if lvl != "default"]
+    if len(levels) < 2:
+        pytest.skip("needs two vector levels (AVX2 and AVX-512)")
+    previous = _ext.set_cpu_capability(levels[0])
+    try:
+        assert csrc.SLOWER_BELOW_CPU_BEST <= csrc.NOT_AUTO["cpu"]
+        assert grmseg.ops.selected("grm_reproject_backward", "cpu") == "reference"
+        assert grmseg.ops.selected("grm_reproject_forward", "cpu") == "csrc"
+        assert grmseg.ops.selected("grm_reproject_backward", "cpu", "csrc") == "csrc"  # forced: still runs
+        _ext.set_cpu_capability(levels[-1])
+        assert grmseg.ops.selected("grm_reproject_backward", "cpu") == "csrc"
+    finally:
+        _ext.set_cpu_capability(previous)
 
 
 def test_fma_peak_probe_runs_at_every_level():

@@ -33,15 +33,28 @@ SLOWER_AT_X86_BASELINE = frozenset(
 )
 
 
+#: CPU kernels that are slower than the reference when they run at a level below the CPU's best (AVX2 forced on an
+#: AVX-512 CPU): the reference's GEMMs then run in MKL at the CPU's full vector width (1.85x the AVX2 FMA rate on
+#: the Xeon of benchmarks/results/cpu-xeon-2core-fma), the kernels at half of it. grm_reproject's backward, five
+#: GEMM-shaped products in both, was 0.97-0.99x there.
+SLOWER_BELOW_CPU_BEST = frozenset({"grm_reproject_backward"})
+
+
 def _not_auto() -> dict[str, frozenset[str]]:
-    if _ext.cpu_capability() == "default" and platform.machine().lower() in ("x86_64", "amd64"):
-        return {"cpu": SLOWER_ON_CPU | SLOWER_AT_X86_BASELINE}
-    return {"cpu": SLOWER_ON_CPU}
+    level, levels = _ext.cpu_capability(), _ext.cpu_capabilities()
+    slower = SLOWER_ON_CPU
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        if level == "default":
+            slower = slower | SLOWER_AT_X86_BASELINE
+        if levels and level != levels[-1]:
+            slower = slower | SLOWER_BELOW_CPU_BEST
+    return {"cpu": slower}
 
 
 #: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks;
-#: a forced backend still runs them). At the AVX2 and AVX-512 levels every other CPU kernel beats the reference at
-#: the benchmark sizes (README); at x86-64's baseline level some more do not. Follows the level in use
+#: a forced backend still runs them). At the CPU's best level (AVX2 or AVX-512) every other CPU kernel beats the
+#: reference at the benchmark sizes (README); at a forced lower level, and at x86-64's baseline, some more do not.
+#: Follows the level in use
 #: (``$GRMSEG_CPU_CAPABILITY`` at import, then ``grmseg._ext.set_cpu_capability``).
 NOT_AUTO: dict[str, frozenset[str]] = _not_auto()
 
