@@ -23,7 +23,7 @@ import torch
 
 from benchmarks import providers as prov
 from benchmarks.cases import SIZE_SETS, make_cases
-from benchmarks.machine import machine_info
+from benchmarks.machine import machine_info, retain_freed_memory
 
 REF, CSRC = prov.Provider("reference", "reference"), prov.Provider("csrc", "csrc")
 
@@ -95,7 +95,7 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``--ops``, ``--threads 1,2``, ``--rounds``, ``--cpu-level``, ``--out DIR``."""
+    """Command line: ``--ops``, ``--threads 1,2``, ``--rounds``, ``--cpu-level``, ``--malloc``, ``--out DIR``."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.interleaved", description=__doc__.splitlines()[0])
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2")
@@ -103,8 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sizes", default="cpu", choices=sorted(SIZE_SETS))
     p.add_argument("--cpu-level", choices=("default", "avx2", "avx512"))
     p.add_argument("--dense-max-pixels", type=int, default=32 * 32)
+    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                   help="'retain' (default): glibc malloc reuses freed memory (see benchmarks.machine."
+                        "retain_freed_memory); 'default': the allocator as it is")
     p.add_argument("--out", help="write DIR/interleaved.json and DIR/interleaved.md")
     a = p.parse_args(argv)
+    malloc = retain_freed_memory() if a.malloc == "retain" else None
     if a.cpu_level:
         from grmseg import _ext
 
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from grmseg import _ext
 
         info = {"machine": machine_info(torch.device("cpu"), None), "cpu_level": _ext.cpu_capability(),
-                "rounds": a.rounds, "rows": rows}
+                "rounds": a.rounds, "malloc": malloc, "rows": rows}
         (out / "interleaved.json").write_text(json.dumps(info, indent=1))
         (out / "interleaved.md").write_text(md)
     return 0
