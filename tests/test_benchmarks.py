@@ -165,6 +165,9 @@ def test_cli_rejects_unknown_names():
                       "--providers", "reference,triton", "--threads", "1,2", "--cpu-level", "avx2"])
     assert cfg.ops == ["cam", "random_walk"] and cfg.dtypes == ["bf16"] and cfg.repeats == 5 and not cfg.compile
     assert cfg.providers == ["reference", "triton"] and cfg.threads == [1, 2] and cfg.cpu_level == "avx2"
+    assert cfg.malloc == "retain" and parse_args(["--malloc", "default"]).malloc == "default"
+    with pytest.raises(SystemExit):
+        parse_args(["--malloc", "jemalloc"])
 
 
 def test_external_baseline_rows_for_their_op_only():
