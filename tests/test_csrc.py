@@ -275,6 +275,20 @@ def test_cpu_grm_kernels_lower_precision(name, shape, dtype):
     _check_kernel(name, _grm_inputs(*shape, dtype=dtype))
 
 
+# Outputs of 4 MiB and more are written with streaming stores (csrc/cpu/kernels/gemm.h, kStreamBytes): whole
+# aligned rows straight from the last product into the map (P a multiple of 16), or through the tile buffer
+# (rows not vector-aligned).
+STREAMED_SHAPES = [(1, 64, 16400, 5), (2, 40, 16401, 7)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", STREAMED_SHAPES)
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
+@pytest.mark.usefixtures("cpu_level")
+def test_cpu_grm_kernels_streamed_outputs(name, shape, dtype):
+    _check_kernel(name, _grm_inputs(*shape, dtype=dtype))
+
+
 @pytest.mark.parametrize("name", list(GRM_KERNELS))
 @pytest.mark.usefixtures("cpu_level")
 def test_cpu_grm_kernels_empty_sizes(name):

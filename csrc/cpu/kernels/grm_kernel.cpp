@@ -63,6 +63,20 @@ T* direct_output(T* out, int64_t P, const Tile& t, bool stream) {
   return nullptr;
 }
 
+// The last product of a tile, into the output map: out[:, p0 : p0 + np] = C0 + A B, with A [C, kd] (row stride kd)
+// and B, C0 tile buffers of row stride ld (c0 null: no C0). Straight into the map with streaming stores where
+// direct_output allows, else into buf (which may be c0) and from there through store_tile.
+template <typename T, typename acc_t>
+void product_to_map(int64_t C, int64_t kd, const acc_t* a, const acc_t* b, const acc_t* c0, acc_t* buf, int64_t ld,
+                    T* out, int64_t P, const Tile& t, bool stream, const Prefetch& next) {
+  if (acc_t* direct = reinterpret_cast<acc_t*>(direct_output(out, P, t, stream))) {
+    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ld, direct, P, next, true);
+  } else {
+    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ld, buf, ld, next);
+    store_tile<T, acc_t>(buf, ld, out, P, t.p0, C, t.np, stream);
+  }
+}
+
 // Calls on_tile(tile) for every tile of every task in [begin, end), after on_task(task, image) for each task.
 template <typename acc_t, typename OnTask, typename OnTile>
 void for_each_tile(const GrmSplit& s, int64_t begin, int64_t end, const OnTask& on_task, const OnTile& on_tile) {
@@ -130,13 +144,8 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K);                // gw^T += X GS^T
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
     // gx = [GH^T W^T] [A; GS], straight to gx when it can be, else through X
-    T* gx = a.gx + t.bi * C * P;
-    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(gx, P, t, stream))) {
-      gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, out, P, next_tile(a.x, s, t.bi, t.p0), true);
-    } else {
-      gemm_nn<acc_t>(C, t.nc, 2 * K, nt, 2 * K, 1, Z, ld, nullptr, 0, X, ld, next_tile(a.x, s, t.bi, t.p0));
-      store_tile<T, acc_t>(X, ld, gx, P, t.p0, C, t.np, stream);
-    }
+    product_to_map<T, acc_t>(C, 2 * K, nt, Z, nullptr, X, ld, a.gx + t.bi * C * P, P, t, stream,
+                             next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();
 }
@@ -155,14 +164,8 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
     gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, X, ld, nullptr, 0, S, ld);  // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
     // y = X + V^T A, straight to y when it can be, else in place in X
-    const acc_t* vt = a.vt + t.bi * C * K;
-    T* y = a.y + t.bi * C * P;
-    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(y, P, t, stream))) {
-      gemm_nn<acc_t>(C, t.nc, K, vt, K, 1, S, ld, X, ld, out, P, next_tile(a.x, s, t.bi, t.p0), true);
-    } else {
-      gemm_nn<acc_t>(C, t.nc, K, vt, K, 1, S, ld, X, ld, X, ld, next_tile(a.x, s, t.bi, t.p0));
-      store_tile<T, acc_t>(X, ld, y, P, t.p0, C, t.np, stream);
-    }
+    product_to_map<T, acc_t>(C, K, a.vt + t.bi * C * K, S, X, X, ld, a.y + t.bi * C * P, P, t, stream,
+                             next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();
 }
@@ -196,14 +199,8 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
     softmax_backward_columns<acc_t>(S, G, K, ld, t.nc);                                    // GE
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gqt, K);                                      // gq^T += X GE^T
     // gx = GY + Q^T GE, straight to gx when it can be, else in place in GY
-    const acc_t* qt = a.qt + t.bi * C * K;
-    T* gx = a.gx + t.bi * C * P;
-    if (acc_t* out = reinterpret_cast<acc_t*>(direct_output(gx, P, t, stream))) {
-      gemm_nn<acc_t>(C, t.nc, K, qt, K, 1, G, ld, GY, ld, out, P, next_tile(a.x, s, t.bi, t.p0), true);
-    } else {
-      gemm_nn<acc_t>(C, t.nc, K, qt, K, 1, G, ld, GY, ld, GY, ld, next_tile(a.x, s, t.bi, t.p0));
-      store_tile<T, acc_t>(GY, ld, gx, P, t.p0, C, t.np, stream);
-    }
+    product_to_map<T, acc_t>(C, K, a.qt + t.bi * C * K, G, GY, GY, ld, a.gx + t.bi * C * P, P, t, stream,
+                             next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();
 }
