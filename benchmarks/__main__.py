@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from benchmarks import external
 from benchmarks.cases import DTYPES, OPS, PHASES, SIZE_SETS
+from benchmarks.machine import MALLOC_MODES
 from benchmarks.providers import COMPILED
 from benchmarks.report import format_table
 from benchmarks.runner import BenchConfig, run
@@ -46,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                    help="instruction-set level of the csrc CPU kernels (default: detected, or $GRMSEG_CPU_CAPABILITY)")
     p.add_argument("--no-sgemm", dest="sgemm", action="store_false",
                    help="do not measure the sgemm rate (nor, on the CPU, the FMA peak of the csrc level)")
-    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+    p.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
                    help="CPU: 'retain' (default) makes glibc's malloc reuse freed memory instead of faulting every "
                         "call's buffers in afresh; 'default' leaves the allocator as it is")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out reference+compile")

@@ -23,7 +23,7 @@ import torch
 
 from benchmarks import providers as prov
 from benchmarks.cases import SIZE_SETS, make_cases
-from benchmarks.machine import machine_info, retain_freed_memory
+from benchmarks.machine import MALLOC_MODES, machine_info, retain_freed_memory
 
 REF, CSRC = prov.Provider("reference", "reference"), prov.Provider("csrc", "csrc")
 
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sizes", default="cpu", choices=sorted(SIZE_SETS))
     p.add_argument("--cpu-level", choices=("default", "avx2", "avx512"))
     p.add_argument("--dense-max-pixels", type=int, default=32 * 32)
-    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+    p.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
                    help="'retain' (default): glibc malloc reuses freed memory (see benchmarks.machine."
                         "retain_freed_memory); 'default': the allocator as it is")
     p.add_argument("--out", help="write DIR/interleaved.json and DIR/interleaved.md")

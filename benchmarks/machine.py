@@ -100,6 +100,9 @@ def machine_info(device: torch.device, peak_bw: float | None) -> dict[str, Any]:
     }
 
 
+#: What the harness does with the CPU allocator: ``retain`` calls :func:`retain_freed_memory`, ``default`` nothing.
+MALLOC_MODES = ("retain", "default")
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's largest allowed M_MMAP_THRESHOLD on 64-bit systems

@@ -141,11 +141,17 @@ _LEGEND = (
     " of sgemm: that over the machine's fp32 sgemm rate (1024^3, torch.mm) at the row's thread count, measured"
     " in the same run; of FMA (csrc rows): that over the fp32 FMA peak of the csrc kernels' instruction-set level"
     " (grmseg._ext.cpu_fma_peak_gflops) at the row's thread count, the ceiling of those kernels (a level"
-    " below the CPU's best cannot reach a BLAS that uses wider vectors). Peak MB: the most memory held above the starting point during one run (`bwd` rows: a"
+    " below the CPU's best cannot reach a BLAS that uses wider vectors). Peak MB: the most memory held above the"
+    " starting point during one run (`bwd` rows: a"
     " whole forward + backward). vs ref: speed-up over the `reference` backend in eager mode at the same thread"
     " count, or over the external baseline named beside it where the exact reference cannot run (`dense_crf`"
     " against pydensecrf). `a->b`: backend a lacks the kernel, b ran."
 )
+
+
+def _rates(by_threads: dict[str, float]) -> str:
+    """``{"1": 188.0, "2": 375.0}`` -> ``"188 GFLOP/s at 1 thread, 375 GFLOP/s at 2 threads"``."""
+    return ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if int(t) > 1 else ''}" for t, v in by_threads.items())
 
 
 def format_markdown(report: Report) -> str:
@@ -162,11 +168,8 @@ def format_markdown(report: Report) -> str:
         + (f"; grmseg {m.get('git_commit')}" if m.get("git_commit") else "")
         + "."
         + (f" csrc CPU kernels: {m.get('cpu_kernels')}." if m.get("cpu_kernels") else "")
-        + (" sgemm: " + ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if int(t) > 1 else ''}"
-                                  for t, v in sgemm.items()) + "." if sgemm else "")
-        + (f" FMA peak at the {m.get('fma_peak_level')} level: "
-           + ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if int(t) > 1 else ''}" for t, v in fma.items()) + "."
-           if fma else "")
+        + (f" sgemm: {_rates(sgemm)}." if sgemm else "")
+        + (f" FMA peak at the {m.get('fma_peak_level')} level: {_rates(fma)}." if fma else "")
         + (f" Memory: {m['malloc']}." if m.get("malloc") else "")
     )
     align = ["---:" if c in _NUMERIC else "---" for c in COLUMNS]

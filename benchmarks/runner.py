@@ -17,7 +17,7 @@ from benchmarks import external, timing
 from benchmarks import providers as prov
 from benchmarks import report as rep
 from benchmarks.cases import OPS, SIZE_SETS, Case, Inputs, grm_layer_available, make_cases
-from benchmarks.machine import machine_info, peak_bandwidth, retain_freed_memory
+from benchmarks.machine import MALLOC_MODES, machine_info, peak_bandwidth, retain_freed_memory
 
 
 def _stderr_log(msg: str) -> None:
@@ -76,17 +76,9 @@ class BenchConfig:
         return d
 
 
-def _fma_peaks(thread_counts: list[int | None]) -> dict[int | None, float]:
-    """The csrc CPU kernels' FMA peak at each thread count (empty when grmseg._C is not built)."""
-    from grmseg import _ext
-
-    if not _ext.built():
-        return {}
-    peaks = {}
-    for threads in thread_counts:
-        _set_threads(threads)
-        peaks[threads] = _ext.cpu_fma_peak_gflops()
-    return peaks
+def _by_thread_count(rates: dict[int | None, float]) -> dict[str, float]:
+    """``rates`` keyed by the thread count as text (None: the count in use), as the report stores them."""
+    return {str(t or torch.get_num_threads()): v for t, v in rates.items()}
 
 
 def _release(device: torch.device, collect: bool) -> None:
@@ -188,26 +180,29 @@ def run(config: BenchConfig) -> rep.Report:
         if config.cpu_level not in _ext.cpu_capabilities():
             raise ValueError(f"cpu_level {config.cpu_level!r} is not available here; levels: {_ext.cpu_capabilities()}")
         _ext.set_cpu_capability(config.cpu_level)
-    if config.malloc not in ("retain", "default"):
-        raise ValueError(f"malloc must be 'retain' or 'default', got {config.malloc!r}")
+    if config.malloc not in MALLOC_MODES:
+        raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {config.malloc!r}")
     malloc = retain_freed_memory() if device.type == "cpu" and config.malloc == "retain" else None
     thread_counts: list[int | None] = [None] if device.type == "cuda" else list(config.threads or [None])
     peak_bw = config.peak_bandwidth_gbps * 1e9 if config.peak_bandwidth_gbps else peak_bandwidth(device)
     report = rep.Report(machine=machine_info(device, peak_bw), config={**config.public(), "sizes": size_name})
+    if malloc:
+        report.machine["malloc"] = malloc
     sgemm: dict[int | None, float] = {}
+    fma: dict[int | None, float] = {}
     if config.sgemm:
+        from grmseg import _ext
+
+        fma_probe = device.type == "cpu" and _ext.built()  # the csrc level's ceiling, CPU only
         for threads in thread_counts:
             _set_threads(threads)
             sgemm[threads] = timing.sgemm_gflops(device, 256 if config.quick else 1024)
-        report.machine["sgemm_gflops"] = {str(t or torch.get_num_threads()): v for t, v in sgemm.items()}
-    if malloc:
-        report.machine["malloc"] = malloc
-    fma = _fma_peaks(thread_counts) if config.sgemm and device.type == "cpu" else {}
-    if fma:
-        from grmseg import _ext
-
-        report.machine["fma_peak_level"] = _ext.cpu_capability()
-        report.machine["fma_peak_gflops"] = {str(t or torch.get_num_threads()): v for t, v in fma.items()}
+            if fma_probe:
+                fma[threads] = _ext.cpu_fma_peak_gflops()
+        report.machine["sgemm_gflops"] = _by_thread_count(sgemm)
+        if fma:
+            report.machine["fma_peak_level"] = _ext.cpu_capability()
+            report.machine["fma_peak_gflops"] = _by_thread_count(fma)
 
     ops = list(config.ops) if config.ops else list(OPS)
     if "grm_layer" in ops:
