@@ -271,14 +271,14 @@ inline void add_hsums(const Vec<T>* acc, T* out) {
 }
 
 // Rows [0, M) of L against `blocks` blocks of N rows of R: out[j][i] += sum_{p < kd} L[i][p] R[j][p]. Block j
-// also prefetches rows [j * N, (j + 1) * N) of pf (whole rows).
+// also prefetches bytes [pf_from, pf_to) of rows [j * N, (j + 1) * N) of pf.
 template <typename T, int M, int N>
 void nt_block(int64_t kd, const T* l, int64_t ldl, const T* r, int64_t ldr, T* out, int64_t ldo, int64_t blocks,
-              const Prefetch* pf) {
+              const Prefetch* pf, int64_t pf_from, int64_t pf_to) {
   using V = Vec<T>;
   constexpr int64_t VL = kVL<T>;
   for (int64_t jb = 0; jb < blocks; ++jb) {
-    if (pf != nullptr) prefetch_rows(*pf, jb * N, N, 0, pf->bytes);
+    if (pf != nullptr) prefetch_rows(*pf, jb * N, N, pf_from, pf_to);
     const T* rj = r + jb * N * ldr;
     V acc[N][M];
 #pragma GCC unroll 16
@@ -303,7 +303,8 @@ void nt_block(int64_t kd, const T* l, int64_t ldl, const T* r, int64_t ldr, T* o
 }
 
 template <typename T>
-using NtFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, int64_t, const Prefetch*);
+using NtFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, int64_t, const Prefetch*, int64_t,
+                      int64_t);
 
 template <typename T, int N, int... M>
 constexpr std::array<NtFn<T>, sizeof...(M)> nt_row_table(std::integer_sequence<int, M...>) {
@@ -318,22 +319,28 @@ constexpr std::array<std::array<NtFn<T>, kNtRows>, sizeof...(N)> nt_table(std::i
 // out[j][i] += sum_{p < kd} L[i * ldl + p] R[j * ldr + p] for i < m, j < n (the product L R^T, stored
 // transposed: [n][m], row stride ldo); kd is a multiple of the vector length. `next`: prefetched on the way,
 // rows [0, n) (see Prefetch).
+// The blocks of R (the large operand: C rows of a tile) are the outer loop and every block of rows of L meets each
+// of them in turn, so that each block of R is read from L2 once and then from L1 (L, K rows, stays in L1): with the
+// blocks of L outside, R streamed from L2 once per block of L, which at AVX-512 is more than L2 delivers. The
+// prefetches of a block of R's rows are spread over its passes.
 template <typename T>
 void gemm_nt(int64_t m, int64_t n, int64_t kd, const T* l, int64_t ldl, const T* r, int64_t ldr, T* out,
              int64_t ldo, const Prefetch& next = {}) {
   static_assert(kNtRows <= 4, "add_hsums reduces up to 4 accumulators at once");
   static constexpr auto table = nt_table<T>(std::make_integer_sequence<int, kNtCols>());
-  const int64_t blocks = n / kNtCols, tail = n - blocks * kNtCols;
-  for_row_blocks(m, kNtRows, [&](int64_t i0, int64_t rows) {
-    const Prefetch* pf = next.p != nullptr && i0 == 0 ? &next : nullptr;  // the first pass over R fetches
-    if (blocks > 0) table[kNtCols - 1][rows - 1](kd, l + i0 * ldl, ldl, r, ldr, out + i0, ldo, blocks, pf);
-    if (tail > 0) {
-      const Prefetch rest = pf == nullptr ? Prefetch{} : Prefetch{pf->p + blocks * kNtCols * pf->stride, pf->stride,
-                                                                  pf->bytes};
-      table[tail - 1][rows - 1](kd, l + i0 * ldl, ldl, r + blocks * kNtCols * ldr, ldr,
-                                out + blocks * kNtCols * ldo + i0, ldo, 1, pf == nullptr ? nullptr : &rest);
-    }
-  });
+  const Prefetch* pf = next.p != nullptr ? &next : nullptr;
+  const int64_t passes = (m + kNtRows - 1) / kNtRows;
+  const int64_t step = pf == nullptr ? 0 : round_up((next.bytes + passes - 1) / std::max<int64_t>(passes, 1), 64);
+  for (int64_t j0 = 0; j0 < n; j0 += kNtCols) {
+    const int64_t cols = std::min<int64_t>(kNtCols, n - j0);
+    const Prefetch rows_j = pf == nullptr ? Prefetch{} : Prefetch{pf->p + j0 * pf->stride, pf->stride, pf->bytes};
+    int64_t pass = 0;
+    for_row_blocks(m, kNtRows, [&](int64_t i0, int64_t rows) {
+      table[cols - 1][rows - 1](kd, l + i0 * ldl, ldl, r + j0 * ldr, ldr, out + j0 * ldo + i0, ldo, 1,
+                                pf == nullptr ? nullptr : &rows_j, pass * step, (pass + 1) * step);
+      ++pass;
+    });
+  }
 }
 
 // Sum of the first n (a multiple of the vector length) entries of x.
