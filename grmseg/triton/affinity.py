@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import nan_max, offsets
+from grmseg.triton.common import grid_3d, nan_max, offsets, shifted_pixels
 
 
 @triton.jit
@@ -27,10 +27,7 @@ def local_affinity_kernel(
     BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, INT64: tl.constexpr,
 ):
     """``out [B, D, H, W]`` (contiguous, output dtype) of ``f [B, C, H, W]`` (any strides), offsets ``[D, 2]``."""
-    pid = tl.program_id(0)
-    db = pid % NDB
-    pb = (pid // NDB) % NPB
-    bi = (pid // NDB // NPB).to(tl.int64)
+    db, pb, bi = grid_3d(NDB, NPB)
     P = H * W
 
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -39,11 +36,7 @@ def local_affinity_kernel(
     px = offs_p % W
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    dy = tl.load(off_ptr + 2 * offs_d, mask=d_mask, other=0)
-    dx = tl.load(off_ptr + 2 * offs_d + 1, mask=d_mask, other=0)
-    qy = py[None, :] + dy[:, None]
-    qx = px[None, :] + dx[:, None]
-    valid = d_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+    _, _, qy, qx, valid = shifted_pixels(off_ptr, offs_d, d_mask, py, px, p_mask, H, W)
 
     c_off = offsets(py, INT64) * sfh + offsets(px, INT64) * sfw
     q_off = offsets(qy, INT64) * sfh + offsets(qx, INT64) * sfw
@@ -69,10 +62,7 @@ def boundary_affinity_kernel(
 ):
     """``out [B, D, H, W]`` (contiguous, output dtype) of ``bd [B, 1, H, W]`` (any strides), the offsets
     ``[D, 2]`` and the padded paths ``[D, L, 2]``."""
-    pid = tl.program_id(0)
-    db = pid % NDB
-    pb = (pid // NDB) % NPB
-    bi = (pid // NDB // NPB).to(tl.int64)
+    db, pb, bi = grid_3d(NDB, NPB)
     P = H * W
 
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -81,12 +71,8 @@ def boundary_affinity_kernel(
     px = offs_p % W
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = offs_d < D
-    dy = tl.load(off_ptr + 2 * offs_d, mask=d_mask, other=0)
-    dx = tl.load(off_ptr + 2 * offs_d + 1, mask=d_mask, other=0)
-    qy = py[None, :] + dy[:, None]
-    qx = px[None, :] + dx[:, None]
     # Every point of the path lies in the box spanned by p and p + o_d, so all are inside when the end is.
-    valid = d_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+    _, _, _, _, valid = shifted_pixels(off_ptr, offs_d, d_mask, py, px, p_mask, H, W)
 
     base = bd_ptr + bi * sbb
     py = offsets(py, INT64)

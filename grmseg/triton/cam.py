@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import nan_max, offsets, operand
+from grmseg.triton.common import grid_3d, nan_max, offsets, operand
 
 
 @triton.jit
@@ -30,10 +30,7 @@ def cam_project_kernel(
 ):
     """``raw [B, K, P] = relu(w x)`` (fp32, contiguous) and per-tile maxima ``pmax [B, NPB, K]`` (fp32) of
     ``x [B, C, h, w]`` (any strides; ``W`` its width, ``P = h w``) and ``w [K, C]``."""
-    pid = tl.program_id(0)
-    kb = pid % NKB
-    pb = (pid // NKB) % NPB
-    bi = (pid // NKB // NPB).to(tl.int64)
+    kb, pb, bi = grid_3d(NKB, NPB)
 
     offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
@@ -70,10 +67,7 @@ def cam_normalise_kernel(
 ):
     """``out [B, K, P] = raw / (max over the NPB tiles + eps)``, times ``label [B, K]`` (0/1 fp32) when
     HAS_LABELS; ``raw`` and ``out`` contiguous (they may be the same fp32 buffer)."""
-    pid = tl.program_id(0)
-    kb = pid % NKB
-    pb = (pid // NKB) % NPB
-    bi = (pid // NKB // NPB).to(tl.int64)
+    kb, pb, bi = grid_3d(NKB, NPB)
 
     offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = offs_k < K

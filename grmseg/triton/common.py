@@ -50,3 +50,32 @@ def offsets(offs, INT64: tl.constexpr):
     else:
         r = offs
     return r
+
+
+@triton.jit
+def grid_2d(n_inner):
+    """This program's ``(block, image)`` in a launch grid laid out image-major (``n_inner`` blocks per image);
+    the image index as int64 (every kernel's batch offset is)."""
+    pid = tl.program_id(0)
+    return pid % n_inner, (pid // n_inner).to(tl.int64)
+
+
+@triton.jit
+def grid_3d(n_inner, n_mid):
+    """This program's ``(inner, mid, image)`` in a launch grid laid out image x mid x inner (inner fastest); the
+    image index as int64."""
+    pid = tl.program_id(0)
+    return pid % n_inner, (pid // n_inner) % n_mid, (pid // n_inner // n_mid).to(tl.int64)
+
+
+@triton.jit
+def shifted_pixels(off_ptr, offs_n, n_mask, py, px, p_mask, H, W):
+    """The pixels ``p + o_n`` for the offsets ``o_n = off_ptr[n]`` (``[N, 2]`` int32 ``(dy, dx)`` pairs) of rows
+    ``offs_n`` and the pixels ``(py, px)`` of a tile: ``dy, dx [BLOCK_N]``, ``qy, qx [BLOCK_N, BLOCK_P]`` and the
+    mask of the pairs with both ends in the ``H x W`` map (rows off ``n_mask`` and pixels off ``p_mask`` are out)."""
+    dy = tl.load(off_ptr + 2 * offs_n, mask=n_mask, other=0)
+    dx = tl.load(off_ptr + 2 * offs_n + 1, mask=n_mask, other=0)
+    qy = py[None, :] + dy[:, None]
+    qx = px[None, :] + dx[:, None]
+    inside = n_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+    return dy, dx, qy, qx, inside

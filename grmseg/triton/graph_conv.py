@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import operand
+from grmseg.triton.common import grid_2d, operand
 
 
 @triton.jit
@@ -71,10 +71,7 @@ def graph_conv_fwd_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """``out [B, K, D]`` (contiguous, dtype of z) from ``z [B, K, F]``, ``adj [K, K]``, ``w [F, D]``, ``bias [D]``."""
-    pid = tl.program_id(0)
-    num_db = tl.cdiv(D, BLOCK_D)
-    db = pid % num_db
-    bi = (pid // num_db).to(tl.int64)
+    db, bi = grid_2d(tl.cdiv(D, BLOCK_D))
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -110,10 +107,7 @@ def graph_conv_bwd_pre_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Per (D block, batch): ``gzw = adj^T gpre`` into ``[B, K, D]`` (fp32) and the bias partial ``[B, D]``."""
-    pid = tl.program_id(0)
-    num_db = tl.cdiv(D, BLOCK_D)
-    db = pid % num_db
-    bi = (pid // num_db).to(tl.int64)
+    db, bi = grid_2d(tl.cdiv(D, BLOCK_D))
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -148,10 +142,7 @@ def graph_conv_bwd_adj_kernel(
 ):
     """Per (D block, batch): the adjacency partial ``gadj[:, j] = gpre zw[j]^T`` into slot ``db`` of
     ``[B, NUM_DB, K, K]`` (fp32), ``zw`` of each node chunk recomputed from ``z`` and ``w``."""
-    pid = tl.program_id(0)
-    num_db = tl.cdiv(D, BLOCK_D)
-    db = pid % num_db
-    bi = (pid // num_db).to(tl.int64)
+    db, bi = grid_2d(tl.cdiv(D, BLOCK_D))
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -178,10 +169,7 @@ def graph_conv_bwd_z_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """``gz [B, K, F] = gzw weight^T`` (contiguous, dtype of weight) from ``gzw [B, K, D]`` (fp32), ``w [F, D]``."""
-    pid = tl.program_id(0)
-    num_fb = tl.cdiv(F, BLOCK_F)
-    fb = pid % num_fb
-    bi = (pid // num_fb).to(tl.int64)
+    fb, bi = grid_2d(tl.cdiv(F, BLOCK_F))
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     offs_f = fb * BLOCK_F + tl.arange(0, BLOCK_F)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import offsets, operand, softmax_k
+from grmseg.triton.common import grid_3d, offsets, operand, softmax_k
 
 
 @triton.jit
@@ -31,11 +31,7 @@ def grm_project_fwd_kernel(
     FUSED: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
 ):
     """Partial ``h [S, B, K, C]`` and ``m [S, B, K]`` (fp32, contiguous) of ``x [B, C, P]``, ``w [K, C]``, ``b [K]``."""
-    pid = tl.program_id(0)
-    num_cb = tl.cdiv(C, BLOCK_CO)
-    cb = pid % num_cb
-    sp = (pid // num_cb) % NUM_SPLITS
-    bi = (pid // num_cb // NUM_SPLITS).to(tl.int64)
+    cb, sp, bi = grid_3d(tl.cdiv(C, BLOCK_CO), NUM_SPLITS)
 
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
@@ -100,11 +96,7 @@ def grm_project_bwd_kernel(
     recomputed from ``x``; one read of ``x`` per tile for the logits and ``ga``, the program's channel block
     read again (from cache) for ``gw`` and written once as ``gx``.
     """
-    pid = tl.program_id(0)
-    num_cb = tl.cdiv(C, BLOCK_CO)
-    cb = pid % num_cb
-    sp = (pid // num_cb) % NUM_SPLITS
-    bi = (pid // num_cb // NUM_SPLITS).to(tl.int64)
+    cb, sp, bi = grid_3d(tl.cdiv(C, BLOCK_CO), NUM_SPLITS)
 
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K

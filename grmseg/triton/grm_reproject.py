@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import offsets, operand, softmax_k
+from grmseg.triton.common import grid_2d, grid_3d, offsets, operand, softmax_k
 
 
 @triton.jit
@@ -30,10 +30,7 @@ def grm_reproject_fwd_kernel(
     FUSED: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64: tl.constexpr,
 ):
     """``y [B, C, P]`` (contiguous, dtype of x) from ``x [B, C, P]``, ``q [B, K, C]``, ``v [B, K, C]``."""
-    pid = tl.program_id(0)
-    num_tiles = tl.cdiv(P, BLOCK_P)
-    tile = pid % num_tiles
-    bi = (pid // num_tiles).to(tl.int64)
+    tile, bi = grid_2d(tl.cdiv(P, BLOCK_P))
 
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
@@ -94,11 +91,7 @@ def grm_reproject_bwd_kernel(
 
     Inputs: ``gy [B, C, P]``, ``x [B, C, P]``, ``q [B, K, C]``, ``v [B, K, C]``.
     """
-    pid = tl.program_id(0)
-    num_cb = tl.cdiv(C, BLOCK_CO)
-    cb = pid % num_cb
-    sp = (pid // num_cb) % NUM_SPLITS
-    bi = (pid // num_cb // NUM_SPLITS).to(tl.int64)
+    cb, sp, bi = grid_3d(tl.cdiv(C, BLOCK_CO), NUM_SPLITS)
 
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K

@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from grmseg.triton.common import offsets
+from grmseg.triton.common import grid_2d, grid_3d, offsets, shifted_pixels
 
 
 @triton.jit
@@ -74,9 +74,7 @@ def rw_weights_kernel(
 ):
     """``wts [B, 2D, P]`` (fp32, contiguous) of ``aff [B, D, H, W]`` (any strides) and offsets ``[D, 2]``.
     Two sweeps over the offsets: the column sums first, then the normalised weights (recomputed, not re-read)."""
-    pid = tl.program_id(0)
-    pb = pid % NPB
-    bi = (pid // NPB).to(tl.int64)
+    pb, bi = grid_2d(NPB)
     P = H * W
 
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -109,45 +107,44 @@ def rw_weights_kernel(
 
 
 @triton.jit
-def rw_step_kernel(
-    src_ptr, dst_ptr, w_ptr, nb_ptr,
-    K, H, W, NN, NPB, NKB,
-    BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INT64: tl.constexpr,
-):
-    """One pass: ``dst [B, K, P]`` from ``src [B, K, P]`` (fp32, contiguous), ``wts [B, NN, P]``, ``nb [NN, 2]``."""
-    pid = tl.program_id(0)
-    pb = pid % NPB
-    kb = (pid // NPB) % NKB
-    bi = (pid // NPB // NKB).to(tl.int64)
-    P = H * W
-    offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_mask = offs_k < K
-    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = offs_p < P
+def _pass_tile(src, wts, nb_ptr, kp, k_mask, offs_p, p_mask, H, W, P, NN,
+               BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INT64: tl.constexpr):
+    """One pass over one tile: the new state ``[BLOCK_K, BLOCK_P]`` (fp32) of the classes at row offsets ``kp``
+    and the pixels ``offs_p``, from the state ``src [K, P]`` and the weights ``wts [NN, P]`` of one image, the
+    neighbours taken ``BLOCK_N`` at a time."""
     py = offs_p // W
     px = offs_p % W
-    kp = offsets(offs_k, INT64) * P
-    src = src_ptr + bi * K * P
-    wts = w_ptr + bi * NN * P
-    kp_mask = k_mask[:, None] & p_mask[None, :]
-    yc = tl.load(src + kp[:, None] + offs_p[None, :], mask=kp_mask, other=0.0)
+    yc = tl.load(src + kp[:, None] + offs_p[None, :], mask=k_mask[:, None] & p_mask[None, :], other=0.0)
     acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
     for n0 in range(0, NN, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < NN
-        sy = tl.load(nb_ptr + 2 * offs_n, mask=n_mask, other=0)
-        sx = tl.load(nb_ptr + 2 * offs_n + 1, mask=n_mask, other=0)
-        qy = py[None, :] + sy[:, None]
-        qx = px[None, :] + sx[:, None]
-        v = n_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+        sy, sx, _, _, v = shifted_pixels(nb_ptr, offs_n, offs_n < NN, py, px, p_mask, H, W)
         if INT64:
             offs_n = offs_n.to(tl.int64)
         wn = tl.load(wts + offs_n[:, None] * P + offs_p[None, :], mask=v, other=0.0)
         q = offs_p[None, :] + sy[:, None] * W + sx[:, None]
         yq = tl.load(src + kp[None, :, None] + q[:, None, :], mask=v[:, None, :] & k_mask[None, :, None], other=0.0)
         acc += tl.sum(wn[:, None, :] * (yq - yc[None, :, :]), axis=0)
-    out = dst_ptr + bi * K * P + kp[:, None] + offs_p[None, :]
-    tl.store(out, yc + acc, mask=kp_mask)
+    return yc + acc
+
+
+@triton.jit
+def rw_step_kernel(
+    src_ptr, dst_ptr, w_ptr, nb_ptr,
+    K, H, W, NN, NPB, NKB,
+    BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INT64: tl.constexpr,
+):
+    """One pass: ``dst [B, K, P]`` from ``src [B, K, P]`` (fp32, contiguous), ``wts [B, NN, P]``, ``nb [NN, 2]``."""
+    pb, kb, bi = grid_3d(NPB, NKB)
+    P = H * W
+    offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    kp = offsets(offs_k, INT64) * P
+    y = _pass_tile(src_ptr + bi * K * P, w_ptr + bi * NN * P, nb_ptr, kp, k_mask, offs_p, p_mask, H, W, P, NN,
+                   BLOCK_K, BLOCK_P, BLOCK_N, INT64)
+    tl.store(dst_ptr + bi * K * P + kp[:, None] + offs_p[None, :], y, mask=k_mask[:, None] & p_mask[None, :])
 
 
 @triton.jit
@@ -161,9 +158,7 @@ def rw_fused_kernel(
     on entry and in slot ``steps % 2`` on exit; ``wts [B, NN, P]``, ``nb [NN, 2]``. Program ``(b, class block)``
     owns its classes for the whole walk. HOIST: the map fits one tile (``P <= BLOCK_P``) and the neighbourhood
     one chunk (``NN <= BLOCK_N``), so the weights and gather offsets are loaded once, before the passes."""
-    pid = tl.program_id(0)
-    kb = pid % NKB
-    bi = (pid // NKB).to(tl.int64)
+    kb, bi = grid_2d(NKB)
     P = H * W
     base = bi * K * P
     wts = w_ptr + bi * NN * P
@@ -176,12 +171,7 @@ def rw_fused_kernel(
         py = offs_p // W
         px = offs_p % W
         offs_n = tl.arange(0, BLOCK_N)
-        n_mask = offs_n < NN
-        sy = tl.load(nb_ptr + 2 * offs_n, mask=n_mask, other=0)
-        sx = tl.load(nb_ptr + 2 * offs_n + 1, mask=n_mask, other=0)
-        qy = py[None, :] + sy[:, None]
-        qx = px[None, :] + sx[:, None]
-        v = n_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+        sy, sx, _, _, v = shifted_pixels(nb_ptr, offs_n, offs_n < NN, py, px, p_mask, H, W)
         wn = tl.load(wts + offs_n[:, None] * P + offs_p[None, :], mask=v, other=0.0)[:, None, :]
         # Out-of-map neighbours and padded classes read an in-map element of the state instead (their weight is
         # 0, or their row is never stored), so the gathers need no mask; the pointers of both slots are built once.
@@ -211,25 +201,7 @@ def rw_fused_kernel(
             for p0 in range(0, P, BLOCK_P):
                 offs_p = p0 + tl.arange(0, BLOCK_P)
                 p_mask = offs_p < P
-                py = offs_p // W
-                px = offs_p % W
-                kp_mask = k_mask[:, None] & p_mask[None, :]
-                yc = tl.load(src + kp[:, None] + offs_p[None, :], mask=kp_mask, other=0.0)
-                acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
-                for n0 in range(0, NN, BLOCK_N):
-                    offs_n = n0 + tl.arange(0, BLOCK_N)
-                    n_mask = offs_n < NN
-                    sy = tl.load(nb_ptr + 2 * offs_n, mask=n_mask, other=0)
-                    sx = tl.load(nb_ptr + 2 * offs_n + 1, mask=n_mask, other=0)
-                    qy = py[None, :] + sy[:, None]
-                    qx = px[None, :] + sx[:, None]
-                    v = n_mask[:, None] & p_mask[None, :] & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
-                    if INT64:
-                        offs_n = offs_n.to(tl.int64)
-                    wn = tl.load(wts + offs_n[:, None] * P + offs_p[None, :], mask=v, other=0.0)
-                    q = offs_p[None, :] + sy[:, None] * W + sx[:, None]
-                    yq = tl.load(src + kp[None, :, None] + q[:, None, :],
-                                 mask=v[:, None, :] & k_mask[None, :, None], other=0.0)
-                    acc += tl.sum(wn[:, None, :] * (yq - yc[None, :, :]), axis=0)
-                tl.store(dst + kp[:, None] + offs_p[None, :], yc + acc, mask=kp_mask)
+                y = _pass_tile(src, wts, nb_ptr, kp, k_mask, offs_p, p_mask, H, W, P, NN,
+                               BLOCK_K, BLOCK_P, BLOCK_N, INT64)
+                tl.store(dst + kp[:, None] + offs_p[None, :], y, mask=k_mask[:, None] & p_mask[None, :])
             tl.debug_barrier()  # the next pass reads what every thread of this program just wrote
