@@ -71,6 +71,29 @@ int main(int argc, char** argv) {
   report("softmax_columns (K x T)", best_us([&] { softmax_columns<float>(Z.data(), K, ld, T, T); }, repeats), 0);
   report("load_tile (C x T from a C x 16T map)",
          best_us([&] { load_tile<float, float>(map.data(), P, 1, C, 2 * T, T, T, X.data(), ld); }, repeats), 0);
+  // grm_project's forward over the 16 tiles of a [C, 16T] map as its kernel runs them (next tile prefetched during
+  // the last product), and the same without the tile copies (every tile's data already in its buffer): the gap is
+  // what copying each tile out of a map whose rows alias in the caches costs.
+  Scratch<float> bias(K), msum(K);
+  for (const bool copy : {true, false}) {
+    const double us = best_us(
+        [&] {
+          for (int64_t p0 = 0; p0 < P; p0 += T) {
+            if (copy) load_tile<float, float>(map.data(), P, 1, C, p0, T, T, X.data(), ld);
+            const Prefetch next = copy && p0 + T < P ? Prefetch{reinterpret_cast<const char*>(map.data() + p0 + T),
+                                                                P * 4, T * 4}
+                                                     : Prefetch{};
+            fill_rows(Z.data(), K, ld, T, bias.data());
+            gemm_nn<float>(K, T, C, W.data(), C, 1, X.data(), ld, Z.data(), ld, Z.data(), ld);
+            softmax_columns<float>(Z.data(), K, ld, T, T);
+            for (int64_t k = 0; k < K; ++k) msum.data()[k] += sum_vec<float>(Z.data() + k * ld, T);
+            gemm_nt<float>(K, C, T, Z.data(), ld, X.data(), ld, H.data(), K, next);
+          }
+        },
+        repeats / 16 + 1);
+    report(copy ? "grm_project forward per tile, tiles copied from a map" : "grm_project forward per tile, no copies",
+           us / 16, 2 * product);
+  }
   float sum = 0;  // keep the results alive
   for (int64_t i = 0; i < C * K; ++i) sum += H.data()[i];
   std::fprintf(stderr, "checksum %g\n", static_cast<double>(sum));

@@ -24,8 +24,10 @@ def test_level_flags_are_setup_pys():
 def test_harness_runs_every_block_at_the_baseline_level():
     rows = cpu_blocks.run_level("DEFAULT", 19, 5, 2)
     names = [r.name for r in rows]
-    assert len(names) == 7 and any(n.startswith("gemm_nt") for n in names) and any("softmax" in n for n in names)
+    assert len(names) == 9 and any(n.startswith("gemm_nt") for n in names) and any("softmax" in n for n in names)
     products = [r for r in rows if r.name.startswith("gemm")]
+    tiles = [r for r in rows if r.name.startswith("grm_project forward per tile")]
+    assert len(tiles) == 2 and all(r.flops == 4 * 5 * 19 * 256 for r in tiles)
     # 2 K C T flops per product (T = 256 pixels), twice that for the stacked ones
     assert sorted({r.flops for r in products}) == [2 * 5 * 19 * 256, 4 * 5 * 19 * 256]
     assert all(r.us > 0 for r in rows) and all(r.gflops and r.gflops > 0 for r in products)
