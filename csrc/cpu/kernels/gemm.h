@@ -269,41 +269,36 @@ inline void add_hsums(const Vec<T>* acc, T* out) {
   for (int i = 0; i < M; ++i) out[i] += hsum<T>(acc[i]);
 }
 
-// Rows [0, M) of L against `blocks` blocks of N rows of R: out[j][i] += sum_{p < kd} L[i][p] R[j][p]. Block j
-// also prefetches bytes [pf_from, pf_to) of rows [j * N, (j + 1) * N) of pf.
+// Rows [0, M) of L against rows [0, N) of R: out[j][i] += sum_{p < kd} L[i][p] R[j][p]; also prefetches bytes
+// [pf_from, pf_to) of rows [0, N) of pf.
 template <typename T, int M, int N>
-void nt_block(int64_t kd, const T* l, int64_t ldl, const T* r, int64_t ldr, T* out, int64_t ldo, int64_t blocks,
-              const Prefetch* pf, int64_t pf_from, int64_t pf_to) {
+void nt_block(int64_t kd, const T* l, int64_t ldl, const T* r, int64_t ldr, T* out, int64_t ldo, const Prefetch* pf,
+              int64_t pf_from, int64_t pf_to) {
   using V = Vec<T>;
   constexpr int64_t VL = kVL<T>;
-  for (int64_t jb = 0; jb < blocks; ++jb) {
-    if (pf != nullptr) prefetch_rows(*pf, jb * N, N, pf_from, pf_to);
-    const T* rj = r + jb * N * ldr;
-    V acc[N][M];
+  if (pf != nullptr) prefetch_rows(*pf, 0, N, pf_from, pf_to);
+  V acc[N][M];
 #pragma GCC unroll 16
-    for (int j = 0; j < N; ++j)
+  for (int j = 0; j < N; ++j)
 #pragma GCC unroll 16
-      for (int i = 0; i < M; ++i) acc[j][i] = V(T(0));
-    for (int64_t p = 0; p < kd; p += VL) {
-      V rv[N];
+    for (int i = 0; i < M; ++i) acc[j][i] = V(T(0));
+  for (int64_t p = 0; p < kd; p += VL) {
+    V rv[N];
 #pragma GCC unroll 16
-      for (int j = 0; j < N; ++j) rv[j] = V::loadu(rj + j * ldr + p);
+    for (int j = 0; j < N; ++j) rv[j] = V::loadu(r + j * ldr + p);
 #pragma GCC unroll 16
-      for (int i = 0; i < M; ++i) {
-        const V li = V::loadu(l + i * ldl + p);
+    for (int i = 0; i < M; ++i) {
+      const V li = V::loadu(l + i * ldl + p);
 #pragma GCC unroll 16
-        for (int j = 0; j < N; ++j) acc[j][i] = at::vec::fmadd(li, rv[j], acc[j][i]);
-      }
+      for (int j = 0; j < N; ++j) acc[j][i] = at::vec::fmadd(li, rv[j], acc[j][i]);
     }
-    T* oj = out + jb * N * ldo;
-#pragma GCC unroll 16
-    for (int j = 0; j < N; ++j) add_hsums<T, M>(acc[j], oj + j * ldo);
   }
+#pragma GCC unroll 16
+  for (int j = 0; j < N; ++j) add_hsums<T, M>(acc[j], out + j * ldo);
 }
 
 template <typename T>
-using NtFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, int64_t, const Prefetch*, int64_t,
-                      int64_t);
+using NtFn = void (*)(int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t, const Prefetch*, int64_t, int64_t);
 
 template <typename T, int N, int... M>
 constexpr std::array<NtFn<T>, sizeof...(M)> nt_row_table(std::integer_sequence<int, M...>) {
@@ -337,7 +332,7 @@ void gemm_nt(int64_t m, int64_t n, int64_t kd, const T* l, int64_t ldl, const T*
     const Prefetch rows_j = pf == nullptr ? Prefetch{} : Prefetch{pf->p + j0 * pf->stride, pf->stride, pf->bytes};
     for (int64_t i0 = 0, pass = 0; i0 < m; i0 += kNtRows, ++pass) {
       const int64_t rows = std::min<int64_t>(kNtRows, m - i0);
-      table[cols - 1][rows - 1](kd, l + i0 * ldl, ldl, r + j0 * ldr, ldr, out + j0 * ldo + i0, ldo, 1,
+      table[cols - 1][rows - 1](kd, l + i0 * ldl, ldl, r + j0 * ldr, ldr, out + j0 * ldo + i0, ldo,
                                 pf == nullptr ? nullptr : &rows_j, pass * step, (pass + 1) * step);
     }
   }
