@@ -52,6 +52,26 @@ struct Tile {
   int64_t bi, p0, np, nc;
 };
 
+// Whether a kernel's [B, C, P] output map of T is large enough for streaming stores (see kStreamBytes).
+template <typename T>
+bool streams_output(const GrmSplit& s) {
+  return s.B * s.C * s.P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+}
+
+// Slot `task` of a [tasks, n] array of partial sums, zeroed.
+template <typename acc_t>
+acc_t* zeroed_slot(acc_t* base, int64_t task, int64_t n) {
+  acc_t* slot = base + task * n;
+  std::fill(slot, slot + n, acc_t(0));
+  return slot;
+}
+
+// Tile t of the [B, C, P] map m into buf ([C][tile_ld], the accumulation type).
+template <typename T>
+void load_map_tile(const MapView<T>& m, int64_t C, const Tile& t, acc_type<T>* buf) {
+  load_tile<T, acc_type<T>>(m.data + t.bi * m.sb, m.sc, m.sp, C, t.p0, t.np, t.nc, buf, tile_ld<acc_type<T>>(kT));
+}
+
 // Where the last product of a tile can write its [C, np] result straight into the output map out (a contiguous
 // [C, P] map of T) with streaming stores: a large output in the accumulation type, whole vectors, aligned rows.
 // Null otherwise (the result then goes through the tile buffer and store_tile).
@@ -100,13 +120,11 @@ void project_forward(const ProjectForwardArgs<T>& a, int64_t begin, int64_t end)
   acc_t *X = xbuf.data(), *S = sbuf.data();
   acc_t *ht = nullptr, *m = nullptr;
   const auto on_task = [&](int64_t task, int64_t) {
-    ht = a.ht + task * C * K;
-    m = a.m + task * K;
-    std::fill(ht, ht + C * K, acc_t(0));
-    std::fill(m, m + K, acc_t(0));
+    ht = zeroed_slot(a.ht, task, C * K);
+    m = zeroed_slot(a.m, task, K);
   };
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
-    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
+    load_map_tile<T>(a.x, C, t, X);
     fill_rows(S, K, ld, t.nc, a.b);
     gemm_nn<acc_t>(K, t.nc, C, a.w, C, 1, X, ld, S, ld, S, ld);  // S = W X + b
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                 // A
@@ -121,22 +139,20 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
   constexpr int64_t ld = tile_ld<acc_t>(kT);
   const GrmSplit& s = a.s;
   const int64_t C = s.C, K = s.K, P = s.P;
-  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  const bool stream = streams_output<T>(s);
   Scratch<acc_t> xbuf(C * ld), zbuf(2 * K * ld);
   acc_t* X = xbuf.data();  // X, then gx
   acc_t* Z = zbuf.data();  // rows [0, K): S -> A; rows [K, 2K): G -> GS
   acc_t* G = Z + K * ld;
   acc_t *gwt = nullptr, *gb = nullptr;
   const auto on_task = [&](int64_t task, int64_t) {
-    gwt = a.gwt + task * C * K;
-    gb = a.gb + task * K;
-    std::fill(gwt, gwt + C * K, acc_t(0));
-    std::fill(gb, gb + K, acc_t(0));
+    gwt = zeroed_slot(a.gwt, task, C * K);
+    gb = zeroed_slot(a.gb, task, K);
   };
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
     const acc_t* wg = a.wg + t.bi * 2 * K * C;
     const acc_t* nt = a.nt + t.bi * C * 2 * K;
-    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
+    load_map_tile<T>(a.x, C, t, X);
     fill_rows(Z, 2 * K, ld, t.nc, a.bg + t.bi * 2 * K);
     gemm_nn<acc_t>(2 * K, t.nc, C, wg, C, 1, X, ld, Z, ld, Z, ld);  // [S; G] = [W; GH] X + [b; gm]
     softmax_columns<acc_t>(Z, K, ld, t.nc, t.np);                    // A
@@ -156,11 +172,11 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
   constexpr int64_t ld = tile_ld<acc_t>(kT);
   const GrmSplit& s = a.s;
   const int64_t C = s.C, K = s.K, P = s.P;
-  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  const bool stream = streams_output<T>(s);
   Scratch<acc_t> xbuf(C * ld), sbuf(K * ld);
   acc_t *X = xbuf.data(), *S = sbuf.data();  // X, then y
   for_each_tile<acc_t>(s, begin, end, [](int64_t, int64_t) {}, [&](const Tile& t) {
-    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
+    load_map_tile<T>(a.x, C, t, X);
     gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, X, ld, nullptr, 0, S, ld);  // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
     // y = X + V^T A, straight to y when it can be, else in place in X
@@ -176,22 +192,20 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
   constexpr int64_t ld = tile_ld<acc_t>(kT);
   const GrmSplit& s = a.s;
   const int64_t C = s.C, K = s.K, P = s.P;
-  const bool stream = s.B * C * P * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  const bool stream = streams_output<T>(s);
   Scratch<acc_t> xbuf(C * ld), gbuf(C * ld), sbuf(2 * K * ld);
   acc_t *X = xbuf.data(), *GY = gbuf.data();  // GY, then gx
   acc_t* S = sbuf.data();                      // E -> A
   acc_t* G = S + K * ld;                       // GA -> GE
   acc_t *gqt = nullptr, *gvt = nullptr;
   const auto on_task = [&](int64_t task, int64_t) {
-    gqt = a.gqt + task * C * K;
-    gvt = a.gvt + task * C * K;
-    std::fill(gqt, gqt + C * K, acc_t(0));
-    std::fill(gvt, gvt + C * K, acc_t(0));
+    gqt = zeroed_slot(a.gqt, task, C * K);
+    gvt = zeroed_slot(a.gvt, task, C * K);
   };
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
     const acc_t* q = a.q + t.bi * K * C;
-    load_tile<T, acc_t>(a.x.data + t.bi * a.x.sb, a.x.sc, a.x.sp, C, t.p0, t.np, t.nc, X, ld);
-    load_tile<T, acc_t>(a.gy.data + t.bi * a.gy.sb, a.gy.sc, a.gy.sp, C, t.p0, t.np, t.nc, GY, ld);
+    load_map_tile<T>(a.x, C, t, X);
+    load_map_tile<T>(a.gy, C, t, GY);
     gemm_nn<acc_t>(K, t.nc, C, q, C, 1, X, ld, nullptr, 0, S, ld);                        // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                          // A
     gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, GY, ld, nullptr, 0, G, ld);      // GA = V GY
