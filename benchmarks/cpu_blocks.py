@@ -39,25 +39,27 @@ def level_flags() -> dict[str, list[str]]:
     return {"DEFAULT": [], **namespace["CPU_LEVEL_FLAGS"]}
 
 
-def _compile_command(level: str, out: Path) -> list[str]:
+def _compile_command(level: str) -> list[str]:
+    """The compiler command for ``level``, less its ``-o`` output."""
     from torch.utils.cpp_extension import include_paths
 
     cmd = ["c++", "-O3", "-std=c++20", "-DNDEBUG", f"-DCPU_CAPABILITY={level}", f"-DCPU_CAPABILITY_{level}",
            *level_flags()[level], f"-I{ROOT / 'csrc'}"]
     cmd += [f"-I{p}" for p in include_paths()]
-    return [*cmd, str(SOURCE), "-o", str(out)]
+    return [*cmd, str(SOURCE)]
 
 
 def build(level: str) -> Path:
     """The harness binary for ``level`` (``DEFAULT``, ``AVX2``, ``AVX512``), compiled unless cached."""
+    cmd = _compile_command(level)
     digest = hashlib.sha256()
     for path in (SOURCE, *(ROOT / h for h in HEADERS)):
         digest.update(path.read_bytes())
-    digest.update(" ".join(_compile_command(level, Path("x"))).encode())
+    digest.update(" ".join(cmd).encode())
     out = BUILD_DIR / f"cpu_blocks_{level.lower()}_{digest.hexdigest()[:16]}"
     if not out.exists():
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(_compile_command(level, out), capture_output=True, text=True, check=False)
+        res = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE.name} at {level} failed:\n{res.stderr[-4000:]}")
     return out
