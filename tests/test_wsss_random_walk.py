@@ -338,4 +338,6 @@ def test_csrc_cpu_walk_at_every_level():
     ref = _float64_walk(24, 10.0)
     irn = _walk_errors(_irn_fp32_walk(24, 10.0), ref)
     err = _walk_errors(_walker("csrc", "cpu")(cam.float(), aff.float(), 10.0, ACC_STEPS), ref)
-    assert err[0] <= 2 * irn[0] and err[1] <= 2 * irn[1], (err, irn)
+    # the pass kernels add each pixel's own term after its neighbours: about a tenth of IRN's error (measured
+    # 0.08-0.15 of it at every level); the own term first would be 0.5-2.5x
+    assert err[0] <= irn[0] / 4 and err[1] <= irn[1] / 4, (err, irn)

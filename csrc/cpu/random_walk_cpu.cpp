@@ -3,31 +3,35 @@
 //   cam [B, K, h, w], aff [B, D, h, w], beta, steps  ->  cam_vec @ T^steps  [B, K, h, w]
 //
 // T is the column-normalised A^beta of the symmetric affinity matrix (unit diagonal, A[p, p + o_d] = aff[d, p]);
-// it is never formed. Instead, `steps` local passes over the NN = 2D neighbours of every pixel j:
+// it is never formed. Instead, `steps` local passes over the 2D neighbours of every pixel j and j itself:
 //
-//   y_j <- y_j + sum_n wts[n, j] (y_{j + s_n} - y_j),   s_{0..D-1} = +o_d, s_{D..2D-1} = -o_d
+//   y_j <- sum_{n < 2D} wts[n, j] y_{j + s_n}  +  wts[2D, j] y_j,   s_{0..D-1} = +o_d, s_{D..2D-1} = -o_d
 //
 // with wts[d, j] = aff[d, j]^beta / d_j, wts[D + d, j] = aff[d, j - o_d]^beta / d_j (0 where the neighbour leaves
-// the map) and d_j = 1 + the sum of the powered weights (>= 1: no division by zero). This is the same as
-// y_j <- sum_i T_ij y_i (the self weight 1 / d_j = 1 - the sum of the others), written so that the column sums of
-// T are exactly 1 whatever the rounding of the weights, and so that the rounding of a pass scales with the
-// differences y_i - y_j, not with y. Measured after 256 steps on IRN-like maps (max error over the max, against
-// float64): 3e-7 to 1.1e-6, where IRN's own fp32 dense walk (T squared eight times) is 2.3e-5 to 3.2e-5 and the
-// direct sum of y_i T_ij, whose rounded column sums compound step after step, 1.6e-4 to 2.4e-4 (tests/
-// test_wsss_random_walk.py). The normaliser d_j is summed in fp64.
+// the map), wts[2D, j] = 1 / d_j and d_j = 1 + the sum of the powered weights (>= 1: no division by zero), the
+// normaliser summed in fp64. That is y_j <- sum_i T_ij y_i. The neighbours are summed from zero and the pixel's
+// own term, often the largest, is added last, so that the rounding of the small terms is not at the scale of
+// y_j. Measured after 256 steps on IRN-like maps (max error over the max, against float64; tests/
+// test_wsss_random_walk.py): 1.8e-6 to 3.5e-6 at every instruction-set level, where IRN's own fp32 dense walk (T
+// squared eight times) is 2.4e-5 to 3.0e-5; a float32 simulation of the same sum with the own term first gave
+// 1.2e-5 to 7.5e-5. The difference form y_j + sum_n w_n (y_{j+s_n} - y_j), which this kernel used before, is more
+// accurate still (3e-7 to 1.1e-6) but costs a subtraction per term, which halves the FP ports' limit.
 //
-// Layout: the weights are computed once, blocked per pixel block of the pass kernel: [B, h, Wr / XB, NN, XB] with
-// Wr = w rounded up to XB columns (zero weights in the extra columns), O(N D) memory. The two state buffers
-// (ping-pong) are [B, K, h + 2R, L + Wr + L], R = r - 1 and L = R rounded up to a cache line, with a zero border, so every neighbour read is in bounds
-// and the pass kernels run over whole blocks of XB columns: for a block, the sums of several classes stay in
-// registers over the NN neighbours, each weight vector loaded once for all of them (csrc/cpu/kernels/
-// random_walk_kernel.cpp, compiled once per instruction-set level). The extra columns get weight 0 for every
-// neighbour and hold 0, so they keep writing 0 into the border.
+// Layout: the weights are computed once, blocked per row block (MR rows) and pixel block (XB columns) of the pass
+// kernel, in the order it reads them: [B, Hr / MR, Wr / XB, (2D + 1) MR, XB] with Wr = w rounded up to XB columns
+// and Hr = h rounded up to MR rows (zero weights in the extra columns and rows), O(N D) memory. The two state
+// buffers (ping-pong) are [B, K, Hp, L + Wr + L] with a zero border: R = r - 1 rows above, R + (row block - 1) below
+// and L = R rounded up to a cache line on each side, so every read of a row block is in bounds and the pass kernels
+// run over whole blocks of XB columns; the extra columns get weight 0 for every term and hold 0, so they keep
+// writing 0 into the border, and the extra rows of a row block are computed and not stored. For a row block, the
+// sums of several classes and rows stay in registers; each input vector is loaded once per class for all the rows of
+// the block that read it, and each weight vector once for all the classes (the schedule below;
+// csrc/cpu/kernels/random_walk_kernel.cpp, compiled once per instruction-set level).
 //
 // Parallelism: (image, class group) tasks that each run every pass on their own classes (the classes are
 // independent): one parallel region for the whole walk, no barrier per pass. With fewer classes than threads,
-// one parallel region per pass over (image, row) tasks. A class's arithmetic is the same either way, so the result
-// does not depend on the thread count. fp32 state for fp32/fp16/bf16, fp64 for fp64.
+// one parallel region per pass over (image, row block) tasks. A class's arithmetic is the same either way, so the
+// result does not depend on the thread count. fp32 state for fp32/fp16/bf16, fp64 for fp64.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -38,6 +42,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "cpu/kernels/random_walk_kernel.h"
@@ -48,18 +53,61 @@ namespace grmseg {
 namespace {
 
 struct Geometry {
-  // R: border rows; L: border columns (R rounded up to a cache line, so that pixel (y, 0) is line-aligned);
-  // S: row stride of the padded state, Hp: its rows, XB: the pass kernel's pixel block
-  int64_t B, K, H, W, R, L, Wr, Hp, S, NN, XB;
+  // R: border rows above; L: border columns (R rounded up to a cache line, so that pixel (y, 0) is line-aligned);
+  // S: row stride of the padded state, Hp: its rows, XB, MR: the pass kernel's pixel block and row block, Hr: H
+  // rounded up to MR rows
+  int64_t B, K, H, W, R, L, Wr, Hp, Hr, S, NN, XB, MR;
   int64_t plane() const { return Hp * S; }
 };
 
-// wts [B, H, Wr / XB, NN, XB] from aff [B, D, H, W] (contiguous, accumulation type); the normaliser is summed in
-// fp64.
+// The pass kernel's schedule for a row block of g.MR rows (see cpu::WalkArgs): every input position that one of
+// its rows reads as a neighbour, grouped by the mask of the rows that read it, and where each row's weight for
+// each of its terms goes in the block's weights (slot[i][n], a vector index): in the order the kernel reads
+// them, each row's own weight last.
+struct Schedule {
+  std::vector<int64_t> shifts, groups;
+  std::vector<std::vector<int64_t>> slot;  // [MR][NN]
+  int64_t vectors = 0;                     // weight vectors of a block (every row's terms)
+};
+
+Schedule row_block_schedule(const std::vector<wsss::Offset>& offs, const Geometry& g) {
+  const int64_t D = static_cast<int64_t>(offs.size()), MR = g.MR;
+  std::vector<std::pair<int64_t, int64_t>> shifts;  // neighbour n: (dy, dx)
+  for (const auto& o : offs) shifts.emplace_back(o.first, o.second);
+  for (const auto& o : offs) shifts.emplace_back(-o.first, -o.second);
+  // (row within the block + dy, dx) -> the neighbour index of each row that reads it (-1: none)
+  std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> reads;
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t n = 0; n < 2 * D; ++n) {
+      const std::pair<int64_t, int64_t> pos{i + shifts[n].first, shifts[n].second};
+      reads.try_emplace(pos, MR, -1).first->second[i] = n;
+    }
+  Schedule s;
+  s.groups.assign(static_cast<size_t>(1) << MR, 0);
+  s.slot.assign(static_cast<size_t>(MR), std::vector<int64_t>(static_cast<size_t>(g.NN), 0));
+  for (unsigned mask = 1; mask < (1u << MR); ++mask) {
+    for (const auto& [pos, n] : reads) {
+      unsigned m = 0;
+      for (int64_t i = 0; i < MR; ++i) m |= (n[i] >= 0 ? 1u : 0u) << i;
+      if (m != mask) continue;
+      s.shifts.push_back(pos.first * g.S + pos.second);
+      for (int64_t i = 0; i < MR; ++i)
+        if (n[i] >= 0) s.slot[i][n[i]] = s.vectors++;
+    }
+    s.groups[mask] = static_cast<int64_t>(s.shifts.size());
+  }
+  for (int64_t i = 0; i < MR; ++i) s.slot[i][2 * D] = s.vectors++;
+  return s;
+}
+
+// wts [B, Hr / MR, Wr / XB, U, XB] (zeroed; U = sched.vectors) from aff [B, D, H, W] (contiguous, accumulation
+// type), row y's weight for term n of pixel block xb at vector slot[y % MR][n] of block (y / MR, xb); the
+// normaliser is summed in fp64.
 template <typename acc_t>
 void walk_weights(const acc_t* __restrict aff, acc_t* __restrict wts, const Geometry& g,
-                  const std::vector<wsss::Offset>& offs, acc_t beta) {
+                  const std::vector<wsss::Offset>& offs, const Schedule& sched, acc_t beta) {
   const int64_t D = static_cast<int64_t>(offs.size()), H = g.H, W = g.W, Wr = g.Wr, P = H * W, NN = g.NN;
+  // terms 0 .. 2D - 1: the neighbours; term 2D: the pixel itself (unit affinity)
   const double work = 20.0 * g.B * H * W * NN;  // a pow and a few flops per weight
   at::parallel_for(0, g.B * H, cpu::grain_for(g.B * H, work), [&](int64_t begin, int64_t end) {
     std::vector<double> dsum(static_cast<size_t>(Wr));
@@ -93,14 +141,20 @@ void walk_weights(const acc_t* __restrict aff, acc_t* __restrict wts, const Geom
         }
       }
       for (int64_t x = 0; x < W; ++x) dsum[x] = 1.0 / dsum[x];
+      acc_t* own = wb + 2 * D * Wr;
+      std::fill(own, own + Wr, acc_t(0));
+      std::fill(own, own + W, acc_t(1));
       for (int64_t n = 0; n < NN; ++n) {
         acc_t* wn = wb + n * Wr;
         for (int64_t x = 0; x < W; ++x) wn[x] = static_cast<acc_t>(static_cast<double>(wn[x]) * dsum[x]);
       }
-      // blocked: [Wr / XB, NN, XB]
-      acc_t* out = wts + (bi * H + y) * NN * Wr;
+      // into the row block's weights, in the kernel's order
+      const int64_t U = sched.vectors;
+      const std::vector<int64_t>& slot = sched.slot[y % g.MR];
+      acc_t* out = wts + (bi * (g.Hr / g.MR) + y / g.MR) * (Wr / g.XB) * U * g.XB;
       for (int64_t x0 = 0; x0 < Wr; x0 += g.XB)
-        for (int64_t n = 0; n < NN; ++n) std::copy(wb + n * Wr + x0, wb + n * Wr + x0 + g.XB, out + x0 * NN + n * g.XB);
+        for (int64_t n = 0; n < NN; ++n)
+          std::copy(wb + n * Wr + x0, wb + n * Wr + x0 + g.XB, out + (x0 / g.XB * U + slot[n]) * g.XB);
     }
   });
 }
@@ -115,6 +169,7 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
   const at::ScalarType acc_type = at::toOpMathType(cam.scalar_type());
   const auto& kernels = GRMSEG_CPU_KERNELS(walk_kernels);
   const int64_t xb = acc_type == at::kDouble ? kernels.f64.xblock : kernels.f32.xblock;
+  const int64_t mr = acc_type == at::kDouble ? kernels.f64.rows : kernels.f32.rows;
   Geometry g;
   g.B = cam.size(0);
   g.K = cam.size(1);
@@ -124,18 +179,16 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
   const int64_t line = 64 / static_cast<int64_t>(acc_type == at::kDouble ? sizeof(double) : sizeof(float));
   g.L = (g.R + line - 1) / line * line;
   g.Wr = (g.W + xb - 1) / xb * xb;
-  g.Hp = g.H + 2 * g.R;
+  g.MR = mr;
+  g.Hr = (g.H + mr - 1) / mr * mr;
+  g.Hp = g.H + 2 * g.R + mr - 1;
   g.S = g.Wr + 2 * g.L;
-  const int64_t D = static_cast<int64_t>(offs.size());
-  g.NN = 2 * D;
+  g.NN = 2 * static_cast<int64_t>(offs.size()) + 1;
   g.XB = xb;
-
-  std::vector<int64_t> nb;  // the shifts as offsets in the padded state
-  for (const auto& o : offs) nb.push_back(o.first * g.S + o.second);
-  for (const auto& o : offs) nb.push_back(-o.first * g.S - o.second);
+  const Schedule sched = row_block_schedule(offs, g);
 
   const at::Tensor a = aff.to(acc_type).contiguous();
-  at::Tensor wts = at::empty({g.B, g.H, g.Wr / g.XB, g.NN, g.XB}, cam.options().dtype(acc_type));
+  at::Tensor wts = at::zeros({g.B, g.Hr / g.MR, g.Wr / g.XB, sched.vectors, g.XB}, cam.options().dtype(acc_type));
   at::Tensor ping = at::zeros({g.B, g.K, g.Hp, g.S}, cam.options().dtype(acc_type));
   at::Tensor pong = at::zeros_like(ping);
   ping.narrow(2, g.R, g.H).narrow(3, g.L, g.W).copy_(cam);
@@ -149,9 +202,10 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
 
   AT_DISPATCH_FLOATING_TYPES(acc_type, "random_walk_forward_cpu", [&] {
     using acc_t = scalar_t;
-    walk_weights<acc_t>(a.const_data_ptr<acc_t>(), wts.mutable_data_ptr<acc_t>(), g, offs, static_cast<acc_t>(beta));
-    const cpu::WalkArgs<acc_t> args{g.K, g.H, g.Wr, g.S, g.R, g.L, g.NN, g.plane(), nb.data(),
-                                    wts.const_data_ptr<acc_t>()};
+    walk_weights<acc_t>(a.const_data_ptr<acc_t>(), wts.mutable_data_ptr<acc_t>(), g, offs, sched,
+                        static_cast<acc_t>(beta));
+    const cpu::WalkArgs<acc_t> args{g.K, g.H, g.Wr, g.S, g.R, g.L, g.plane(), sched.shifts.data(),
+                                    sched.groups.data(), sched.vectors, wts.const_data_ptr<acc_t>()};
     const auto& fns = kernels.get<acc_t>();
     acc_t* bufs[2] = {ping.mutable_data_ptr<acc_t>(), pong.mutable_data_ptr<acc_t>()};
     if (by_class) {
@@ -163,9 +217,10 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
       });
     } else {
       for (int64_t s = 0; s < steps; ++s) {
-        at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
+        const int64_t row_blocks = g.Hr / g.MR;
+        at::parallel_for(0, g.B * row_blocks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
-            const int64_t bi = task / g.H, y = task % g.H;
+            const int64_t bi = task / row_blocks, y = task % row_blocks * g.MR;
             fns.walk_rows(args, bufs[s % 2], bufs[(s + 1) % 2], bi, y, y + 1);
           }
         });
