@@ -23,8 +23,8 @@ namespace {
 
 // kWalkRows x kWalkClasses sums, a weight per row and one input vector in registers: 16 ymm (AVX2), 32 zmm
 // (AVX-512); the baseline's Vectorized is two SSE registers wide (16 xmm). Measured (Xeon, 64x64 K21 r5, 256
-// steps, one thread): AVX2 6 x 2 rows 40.6 ms, 4 x 3 41.4, 5 x 2 43.9; AVX-512 6 x 4 27.6, 5 x 4 29.3, 7 x 3
-// 29.8; the baseline 3 x 1 120, 2 x 2 196 (its loads are not kept in registers).
+// steps, one thread): AVX2 6 x 2 rows 40 ms, 4 x 3 41.4, 3 x 3 43.1, 5 x 2 43.9; AVX-512 6 x 4 24.7, 5 x 4 28.2,
+// 7 x 3 29.3; the baseline 3 x 1 120, 2 x 2 196 (its loads are not kept in registers).
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kWalkClasses = 6, kWalkRows = 4;
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -153,7 +153,11 @@ void pass(const WalkArgs<T>& a, const T* src, T* dst, int64_t bi, int64_t k0, in
 template <typename T>
 void walk_classes(const WalkArgs<T>& a, T* buf0, T* buf1, int64_t bi, int64_t k0, int64_t k1, int64_t steps) {
   T* bufs[2] = {buf0, buf1};
-  for (int64_t s = 0; s < steps; ++s) pass<T>(a, bufs[s % 2], bufs[(s + 1) % 2], bi, k0, k1, 0, a.H);
+  // one class block at a time through all the steps: its states and the weights stay in L2 from pass to pass
+  for_row_blocks(k1 - k0, kWalkClasses, [&](int64_t c0, int64_t n) {
+    for (int64_t s = 0; s < steps; ++s)
+      pass<T>(a, bufs[s % 2], bufs[(s + 1) % 2], bi, k0 + c0, k0 + c0 + n, 0, a.H);
+  });
 }
 
 template <typename T>
