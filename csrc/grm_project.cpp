@@ -29,7 +29,8 @@ std::tuple<at::Tensor, at::Tensor> grm_project_forward_meta(const at::Tensor& x,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_meta(const at::Tensor& gh, const at::Tensor& gm,
                                                                         const at::Tensor& x, const at::Tensor& w,
-                                                                        const at::Tensor& b) {
+                                                                        const at::Tensor& b,
+                                                                        const std::optional<at::Tensor>& gx_base) {
   const char* who = "grmseg_C::grm_project_backward";
   TORCH_CHECK(x.dim() == 3, who, ": x must be [B, C, P], got a tensor of shape ", x.sym_sizes());
   TORCH_CHECK(w.dim() == 2, who, ": w must be [K, C], got a tensor of shape ", w.sym_sizes());
@@ -39,6 +40,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_meta(const a
   TORCH_CHECK(w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type() &&
                   gh.scalar_type() == x.scalar_type() && gm.scalar_type() == x.scalar_type(),
               who, ": gh, gm, x, w and b must have the same dtype");
+  TORCH_CHECK(!gx_base.has_value() || (gx_base->sym_sizes() == x.sym_sizes() && gx_base->scalar_type() == x.scalar_type()),
+              who, ": gx_base must have the shape and dtype of x");
   return {at::empty_symint(x.sym_sizes(), x.options()), at::empty_symint(w.sym_sizes(), w.options()),
           at::empty_symint(b.sym_sizes(), b.options())};
 }

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <tuple>
 
 namespace grmseg {
@@ -60,6 +61,19 @@ inline void check_project_grads(const at::Tensor& gh, const at::Tensor& gm, cons
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_meta(const at::Tensor& gh, const at::Tensor& gm,
                                                                         const at::Tensor& x, const at::Tensor& w,
-                                                                        const at::Tensor& b);
+                                                                        const at::Tensor& b,
+                                                                        const std::optional<at::Tensor>& gx_base);
+
+// Validates gx_base of grm_project_backward (optional: the gradient of x to which the kernel adds its own):
+// the shape, dtype and device of x, any strides.
+inline void check_project_gx_base(const std::optional<at::Tensor>& gx_base, const at::Tensor& x, const char* who) {
+  if (!gx_base.has_value()) return;
+  TORCH_CHECK(gx_base->sizes() == x.sizes(), who, ": gx_base must have the shape of x ", x.sizes(), ", got ",
+              gx_base->sizes());
+  TORCH_CHECK(gx_base->scalar_type() == x.scalar_type(), who, ": gx_base must have the dtype of x (",
+              x.scalar_type(), "), got ", gx_base->scalar_type());
+  TORCH_CHECK(gx_base->device() == x.device(), who, ": gx_base must be on the device of x (", x.device(),
+              "), got ", gx_base->device());
+}
 
 }  // namespace grmseg

@@ -8,7 +8,9 @@
 
 TORCH_LIBRARY(grmseg_C, m) {
   m.def("grm_project_forward(Tensor x, Tensor w, Tensor b) -> (Tensor, Tensor)");
-  m.def("grm_project_backward(Tensor gh, Tensor gm, Tensor x, Tensor w, Tensor b) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "grm_project_backward(Tensor gh, Tensor gm, Tensor x, Tensor w, Tensor b, Tensor? gx_base=None) -> "
+      "(Tensor, Tensor, Tensor)");
   m.def("grm_reproject_forward(Tensor x, Tensor q, Tensor v) -> Tensor");
   m.def("grm_reproject_backward(Tensor gy, Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)");
   m.def("graph_conv_forward(Tensor z, Tensor adj, Tensor weight, Tensor? bias, str activation) -> Tensor");

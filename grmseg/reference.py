@@ -77,13 +77,14 @@ def grm_project(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def grm_project_backward(
-    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor
+    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor, gx_base: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Explicit gradients of :func:`grm_project`; recomputes the ``[B, K, P]`` assignment from ``x``.
 
     Args:
         gh: ``[B, K, C]`` gradient of ``h``.  gm: ``[B, K]`` gradient of ``m``.
         x, w, b: the forward inputs.
+        gx_base: ``[B, C, P]`` or None: a gradient of ``x`` from elsewhere, added to ``gx``.
 
     Returns:
         ``(gx [B, C, P], gw [K, C], gb [K])`` in the dtypes of ``x``, ``w``, ``b``.
@@ -93,6 +94,8 @@ def grm_project_backward(
     ga = torch.einsum("bkc,bcp->bkp", gh_, x_) + gm_[:, :, None]
     gs = a * (ga - (a * ga).sum(dim=1, keepdim=True))
     gx = torch.einsum("bkc,bkp->bcp", gh_, a) + torch.einsum("kc,bkp->bcp", w_, gs)
+    if gx_base is not None:
+        gx = gx + _acc(gx_base)
     gw = torch.einsum("bkp,bcp->kc", gs, x_)
     gb = gs.sum(dim=(0, 2))
     return gx.to(x.dtype), gw.to(w.dtype), gb.to(b.dtype)

@@ -1,12 +1,32 @@
-"""Test set-up: Triton runs in its interpreter when no GPU is visible (must be set before triton is imported)."""
+"""Test set-up: Triton runs in its interpreter when no GPU is visible (must be set before triton is imported), and
+torch.compile's caches are kept per version of the op layer (see below)."""
 
+import hashlib
 import os
+import pathlib
+import tempfile
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _op_layer_digest() -> str:
+    """A digest of grmseg/ops/*.py: the custom ops, their schemas and their autograd formulas."""
+    digest = hashlib.sha256()
+    for path in sorted((pathlib.Path(__file__).parents[1] / "grmseg" / "ops").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# torch.compile's on-disk caches key a compiled backward on the forward graph, which names a custom op but not its
+# autograd formula: after a change to a backward (its arguments, say), a warm cache replays the old one. One
+# cache directory per version of the op layer keeps the cache warm from run to run and never stale.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-grmseg-{_op_layer_digest()}")
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -73,7 +73,9 @@ def test_extension_is_built():
 
 SCHEMAS = {
     "grm_project_forward": "(Tensor x, Tensor w, Tensor b) -> (Tensor, Tensor)",
-    "grm_project_backward": "(Tensor gh, Tensor gm, Tensor x, Tensor w, Tensor b) -> (Tensor, Tensor, Tensor)",
+    "grm_project_backward": (
+        "(Tensor gh, Tensor gm, Tensor x, Tensor w, Tensor b, Tensor? gx_base=None) -> (Tensor, Tensor, Tensor)"
+    ),
     "grm_reproject_forward": "(Tensor x, Tensor q, Tensor v) -> Tensor",
     "grm_reproject_backward": "(Tensor gy, Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)",
     "graph_conv_forward": "(Tensor z, Tensor adj, Tensor weight, Tensor? bias, str activation) -> Tensor",
@@ -401,6 +403,59 @@ def test_op_layer_grads_match_reference_with_csrc():
     torch.testing.assert_close(y.detach(), reference.grm_reproject(t["x"], t["q"], t["v"]))
     for got, want in zip(leaves, ref):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-10, atol=1e-10)
+
+
+# grm_project_backward's optional gx_base: added to gx in the kernel's last product, read where it lies (fp32 /
+# fp64, pixel-contiguous, whole vectors) or through the tile buffer (other dtypes, strides, a last partial tile).
+GX_BASE_SHAPES = [(3, 59, 97, 21), (2, 5, 1, 3), (2, 7, 320, 2), LARGE_P, STREAMED_SHAPES[0]]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "pixels-strided"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", GX_BASE_SHAPES)
+@pytest.mark.usefixtures("cpu_level")
+def test_cpu_project_backward_adds_gx_base(shape, dtype, layout):
+    t = _grm_inputs(*shape, dtype=dtype)
+    base = _grm_inputs(*shape, dtype=dtype, seed=1)["gy"]
+    if layout == "pixels-strided":
+        base = base.transpose(1, 2).contiguous().transpose(1, 2)
+    args = tuple(t[n] for n in ("gh", "gm", "x", "w", "b"))
+    gx, gw, gb = ops.grm_project_backward(*args, base)
+    _, gw0, gb0 = ops.grm_project_backward(*args)
+    assert torch.equal(gw, gw0) and torch.equal(gb, gb0)
+    oracle = reference.grm_project_backward(*(a.double() for a in args), base.double())[0]
+    plain = reference.grm_project_backward(*args, base)[0] if dtype == torch.bfloat16 else None
+    assert gx.dtype == dtype and gx.is_contiguous()
+    if dtype == torch.float64:
+        torch.testing.assert_close(gx, oracle, rtol=1e-11, atol=1e-11 * oracle.abs().max().item())
+    else:
+        assert_close(gx, oracle, plain, name="gx with gx_base")
+
+
+def test_project_backward_gx_base_empty_sizes_meta_and_opcheck():
+    for shape in [(2, 4, 0, 3), (2, 4, 5, 0), (0, 4, 5, 3)]:
+        t = _grm_inputs(*shape)
+        base = torch.randn(t["x"].shape, dtype=torch.float64)
+        gx, _, _ = ops.grm_project_backward(t["gh"], t["gm"], t["x"], t["w"], t["b"], base)
+        torch.testing.assert_close(gx, base)  # nothing of grm_project's own when K or P is 0
+    small = _grm_inputs(2, 5, 7, 3, dtype=torch.float32)
+    args = tuple(small[n] for n in ("gh", "gm", "x", "w", "b")) + (small["gy"],)
+    meta = ops.grm_project_backward(*(a.to("meta") for a in args))
+    assert meta[0].device.type == "meta" and meta[0].shape == small["x"].shape
+    torch.library.opcheck(ops.grm_project_backward.default, args)
+
+
+@pytest.mark.parametrize(
+    "base, match",
+    [
+        (torch.randn(2, 5, 6), r"gx_base must have the shape of x"),
+        (torch.randn(2, 5, 7).double(), r"gx_base must have the dtype of x"),
+    ],
+)
+def test_project_backward_bad_gx_base_raises_runtime_error(base, match):
+    t = _grm_inputs(2, 5, 7, 3, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=match):
+        ops.grm_project_backward(t["gh"], t["gm"], t["x"], t["w"], t["b"], base)
 
 
 def _bad(name, **changes):

@@ -51,6 +51,48 @@ def test_gradcheck_through_the_op_layer():
     assert torch.autograd.gradcheck(ops.grm_reproject, (x, q, v))
 
 
+def _tee_chain(x, w, b, v, tee, backend):
+    """grm_project -> node keys -> grm_reproject of x, with x used twice: through grm_project_tee's x_tee, or
+    plainly (autograd adds the two gradients of x)."""
+    if tee:
+        h, m, x_r = ops.grm_project_tee(x, w, b, backend=backend)
+    else:
+        (h, m), x_r = ops.grm_project(x, w, b, backend=backend), x
+    q = h / (m[..., None] + 1.0)
+    return ops.grm_reproject(x_r, q, v, backend=backend), m
+
+
+@pytest.mark.parametrize("backend", ["reference", "csrc", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_grm_project_tee_matches_x_used_twice(backend, dtype):
+    if _backends.selected("grm_project_backward", "cpu", backend) != backend:
+        pytest.skip(f"{backend} does not run grm_project_backward on the CPU here")
+    g = torch.Generator().manual_seed(3)
+    x, w, b, v = (torch.randn(*s, generator=g, dtype=torch.float64).to(dtype) for s in
+                  ((2, 6, 300), (4, 6), (4,), (2, 4, 6)))
+    runs = []
+    for tee in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b, v)]
+        y, m = _tee_chain(*leaves, tee, backend)
+        grads = torch.autograd.grad((y, m), leaves, (torch.ones_like(y), torch.ones_like(m)))
+        runs.append((y, m, *grads))
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for got, want in zip(*runs, strict=True):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_grm_project_tee_hands_x_on_and_gradchecks():
+    x, w, b = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((2, 3, 5), (4, 3), (4,)))
+    h, m, x_tee = ops.grm_project_tee(x, w, b)
+    assert torch.equal(x_tee, x) and x_tee.data_ptr() == x.data_ptr()
+    h_plain, m_plain = ops.grm_project(x, w, b)
+    assert torch.equal(h, h_plain) and torch.equal(m, m_plain)
+    v = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b, v: _tee_chain(x, w, b, v, True, "auto"), (x, w, b, v))
+    with pytest.raises(ValueError, match="'w'"):
+        ops.grm_project_tee(x, torch.randn(4, 2, dtype=torch.float64), b)
+
+
 def test_no_bkp_tensor_is_saved_for_backward():
     """Nothing of size [B, K, P] is kept between forward and backward: only the inputs."""
     bsz, c, p, k = 2, 4, 1000, 8
@@ -58,8 +100,9 @@ def test_no_bkp_tensor_is_saved_for_backward():
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         ops.grm_project(x, w, b)
+        ops.grm_project_tee(x, w, b)
         ops.grm_reproject(x, T(bsz, k, c), T(bsz, k, c))
-    assert max(saved) <= bsz * c * p < bsz * k * p
+    assert len(saved) >= 9 and max(saved) <= bsz * c * p < bsz * k * p
 
 
 def test_non_contiguous_inputs():

@@ -105,15 +105,20 @@ std::tuple<at::Tensor, at::Tensor> grm_project_forward_cpu(const at::Tensor& x, 
 // ------------------------------------------------------------------------------------------ grm_project_backward
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at::Tensor& gh, const at::Tensor& gm,
                                                                        const at::Tensor& x, const at::Tensor& w,
-                                                                       const at::Tensor& b) {
+                                                                       const at::Tensor& b,
+                                                                       const std::optional<at::Tensor>& gx_base) {
   const char* who = "grmseg_C::grm_project_backward (CPU)";
   check_project_inputs(x, w, b, c10::DeviceType::CPU, who);
   check_project_grads(gh, gm, x, w, who);
+  check_project_gx_base(gx_base, x, who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = w.size(0);
   at::Tensor gx = at::empty({B, C, P}, x.options());
   at::Tensor gw = at::empty({K, C}, w.options());
   at::Tensor gb = at::empty({K}, b.options());
-  if (B == 0 || K == 0 || P == 0) return {gx.zero_(), gw.zero_(), gb.zero_()};
+  if (B == 0 || K == 0 || P == 0) {
+    if (gx_base.has_value()) gx.copy_(*gx_base); else gx.zero_();
+    return {gx, gw.zero_(), gb.zero_()};
+  }
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const at::Tensor w_b = w.to(acc).unsqueeze(0).expand({B, K, C});
   const at::Tensor gh_acc = gh.to(acc);
@@ -126,10 +131,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at
   at::Tensor part_b = at::empty({tasks, K}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grm_project_backward_cpu", [&] {
     using acc_t = cpu::acc_type<scalar_t>;
-    const cpu::ProjectBackwardArgs<scalar_t> args{
-        split,           view<scalar_t>(x),       wg.const_data_ptr<acc_t>(),      bg.const_data_ptr<acc_t>(),
-        nt.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(), part_w.mutable_data_ptr<acc_t>(),
-        part_b.mutable_data_ptr<acc_t>()};
+    const cpu::ProjectBackwardArgs<scalar_t> args{split,
+                                                  view<scalar_t>(x),
+                                                  wg.const_data_ptr<acc_t>(),
+                                                  bg.const_data_ptr<acc_t>(),
+                                                  nt.const_data_ptr<acc_t>(),
+                                                  gx_base.has_value() ? view<scalar_t>(*gx_base)
+                                                                      : cpu::MapView<scalar_t>{nullptr, 0, 0, 0},
+                                                  gx.mutable_data_ptr<scalar_t>(),
+                                                  part_w.mutable_data_ptr<acc_t>(),
+                                                  part_b.mutable_data_ptr<acc_t>()};
     run_tasks(args, tasks, GRMSEG_CPU_KERNELS(grm_kernels).get<scalar_t>().project_backward);
     sum_partials(args.gwt, 1, tasks, K, C, gw.mutable_data_ptr<scalar_t>());
     sum_partials(args.gb, 1, tasks, 1, K, gb.mutable_data_ptr<scalar_t>());

@@ -13,7 +13,8 @@ std::tuple<at::Tensor, at::Tensor> grm_project_forward_cpu(const at::Tensor& x, 
                                                             const at::Tensor& b);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at::Tensor& gh, const at::Tensor& gm,
                                                                        const at::Tensor& x, const at::Tensor& w,
-                                                                       const at::Tensor& b);
+                                                                       const at::Tensor& b,
+    const std::optional<at::Tensor>& gx_base);
 at::Tensor grm_reproject_forward_cpu(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cpu(const at::Tensor& gy, const at::Tensor& x,
                                                                          const at::Tensor& q, const at::Tensor& v);

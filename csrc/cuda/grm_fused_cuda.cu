@@ -40,17 +40,20 @@ using grm_plan::reduce_chunks;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cuda(const at::Tensor& gh, const at::Tensor& gm,
                                                                         const at::Tensor& x, const at::Tensor& w,
-                                                                        const at::Tensor& b) {
+                                                                        const at::Tensor& b,
+                                                                        const std::optional<at::Tensor>& gx_base) {
   const char* who = "grmseg_C::grm_project_backward (CUDA)";
   check_project_inputs(x, w, b, c10::DeviceType::CUDA, who);
   check_project_grads(gh, gm, x, w, who);
+  check_project_gx_base(gx_base, x, who);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = w.size(0);
   at::Tensor gx = at::empty({B, C, P}, x.options());
   at::Tensor gw = at::empty({K, C}, w.options());
   at::Tensor gb = at::empty({K}, b.options());
   if (B == 0 || K == 0 || P == 0) {
-    return {gx.zero_(), gw.zero_(), gb.zero_()};
+    if (gx_base.has_value()) gx.copy_(*gx_base); else gx.zero_();
+    return {gx, gw.zero_(), gb.zero_()};
   }
   const at::ScalarType acc_type = at::toOpMathType(x.scalar_type());
   const at::Tensor w_acc = w.to(acc_type).contiguous(), b_acc = b.to(acc_type).contiguous();
@@ -72,6 +75,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cuda(const a
     reduce_chunks<scalar_t, acc_t>(part_w, gw, 1, K * C, blocks, stream);
     reduce_chunks<scalar_t, acc_t>(part_b, gb, 1, K, blocks, stream);
   });
+  // added after the kernel here (one more pass over the map; the CPU kernel adds it in its last product)
+  if (gx_base.has_value()) gx.add_(*gx_base);
   return {gx, gw, gb};
 }
 

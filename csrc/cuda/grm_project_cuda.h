@@ -14,7 +14,8 @@ std::tuple<at::Tensor, at::Tensor> grm_project_forward_cuda(const at::Tensor& x,
 // The other GRM kernels on CUDA (grm_fused_cuda.cu): same blocks, partials and fixed-order reductions.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cuda(const at::Tensor& gh, const at::Tensor& gm,
                                                                         const at::Tensor& x, const at::Tensor& w,
-                                                                        const at::Tensor& b);
+                                                                        const at::Tensor& b,
+    const std::optional<at::Tensor>& gx_base);
 at::Tensor grm_reproject_forward_cuda(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cuda(const at::Tensor& gy, const at::Tensor& x,
                                                                           const at::Tensor& q, const at::Tensor& v);

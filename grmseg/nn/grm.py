@@ -137,7 +137,9 @@ class GRM(nn.Module):
         bsz, c, h, w = x.shape
         dt = x.dtype
         flat = x.flatten(2)
-        sums, mass = ops.grm_project(flat, self.vote_weight.to(dt), self.vote_bias.to(dt), backend=self.backend)
+        # flat_tee: flat for the reprojection, so that its gradient is added inside grm_project's backward
+        sums, mass, flat_tee = ops.grm_project_tee(flat, self.vote_weight.to(dt), self.vote_bias.to(dt),
+                                                   backend=self.backend)
         centres = sums / (mass.unsqueeze(-1) + self.eps)
         z = torch.matmul(centres, self.node_proj.to(dt))
         if self.embeddings is not None:
@@ -148,5 +150,5 @@ class GRM(nn.Module):
         scale = 1.0 / math.sqrt(self.key_dim)
         q = torch.matmul(torch.matmul(z, self.key_proj.to(dt)), self.query_proj.to(dt) * scale)
         v = torch.matmul(z, self.value_proj.to(dt))
-        y = ops.grm_reproject(flat, q.to(dt), v.to(dt), backend=self.backend)
+        y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=self.backend)
         return y.view(bsz, c, h, w)

@@ -10,7 +10,7 @@ from grmseg.ops.affinity import boundary_affinity, local_affinity, random_walk
 from grmseg.ops.cam import cam
 from grmseg.ops.crf import dense_crf
 from grmseg.ops.graph import graph_conv
-from grmseg.ops.grm import grm_project, grm_reproject
+from grmseg.ops.grm import grm_project, grm_project_tee, grm_reproject
 from grmseg.reference import affinity_offsets
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "dense_crf",
     "graph_conv",
     "grm_project",
+    "grm_project_tee",
     "grm_reproject",
     "local_affinity",
     "random_walk",

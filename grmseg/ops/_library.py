@@ -38,13 +38,13 @@ def _(x, w, b, backend):
 
 @torch.library.custom_op("grmseg::grm_project_backward", mutates_args=())
 def grm_project_backward(
-    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor, backend: str
+    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor, gx_base: Optional[Tensor], backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _run("grm_project_backward", x.device, backend, gh, gm, x, w, b)
+    return _run("grm_project_backward", x.device, backend, gh, gm, x, w, b, gx_base)
 
 
 @grm_project_backward.register_fake
-def _(gh, gm, x, w, b, backend):
+def _(gh, gm, x, w, b, gx_base, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format), w.new_empty(w.shape), b.new_empty(b.shape)
 
 
@@ -56,11 +56,30 @@ def _project_setup(ctx, inputs, output):
 
 def _project_bwd(ctx, gh, gm):
     x, w, b = ctx.saved_tensors
-    gx, gw, gb = grm_project_backward(gh.to(x.dtype), gm.to(x.dtype), x, w, b, ctx.backend)
+    gx, gw, gb = grm_project_backward(gh.to(x.dtype), gm.to(x.dtype), x, w, b, None, ctx.backend)
     return gx, gw, gb, None
 
 
 grm_project.register_autograd(_project_bwd, setup_context=_project_setup)
+
+
+class GrmProjectTee(torch.autograd.Function):
+    """``grm_project`` that also hands ``x`` on as a view, ``x_tee``: the gradient that reaches ``x`` through
+    ``x_tee`` is added inside ``grm_project``'s backward (the CPU kernel adds it in its last product) instead of
+    by autograd in a separate pass over the map. Forward: ``(x, w, b, backend) -> (h, m, x_tee)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+        h, m = grm_project(x, w, b, backend)
+        ctx.save_for_backward(x, w, b)
+        ctx.backend = backend
+        return h, m, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, gh: Tensor, gm: Tensor, gx_tee: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        x, w, b = ctx.saved_tensors
+        gx, gw, gb = grm_project_backward(gh.to(x.dtype), gm.to(x.dtype), x, w, b, gx_tee.to(x.dtype), ctx.backend)
+        return gx, gw, gb, None
 
 
 # -------------------------------------------------------------------------------------------- grm_reproject

@@ -22,7 +22,30 @@ def grm_project(x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto") -> tu
         ``h [B, K, C]`` (vote-weighted feature sums) and ``m [B, K]`` (vote mass), in the dtype of ``x``.
         Accumulation is fp32 for half inputs; nothing of size ``[B, K, P]`` is kept for backward.
     """
-    op = "grm_project"
+    _check_project("grm_project", x, w, b, backend)
+    return _library.grm_project(x, w, b, backend)
+
+
+def grm_project_tee(x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`grm_project` that also hands ``x`` on: ``(h, m, x_tee)``, ``x_tee`` a view of ``x``.
+
+    Use ``x_tee`` wherever ``x`` is used again (``grmseg.GRM`` reprojects it): the gradient reaching ``x``
+    through ``x_tee`` is then added to ``grm_project``'s own gradient of ``x`` inside its backward kernel (by the
+    CPU kernel in the product that writes it), instead of by autograd in a separate pass that reads both
+    ``[B, C, P]`` gradients and writes their sum. Values and gradients are those of ``grm_project`` with ``x``
+    used twice.
+
+    Args:
+        x, w, b, backend: as for :func:`grm_project`.
+
+    Returns:
+        ``h [B, K, C]``, ``m [B, K]`` as :func:`grm_project`, and ``x_tee [B, C, P]`` (``x`` itself, as a view).
+    """
+    _check_project("grm_project_tee", x, w, b, backend)
+    return _library.GrmProjectTee.apply(x, w, b, backend)
+
+
+def _check_project(op: str, x: Tensor, w: Tensor, b: Tensor, backend: str) -> None:
     check.tensor(op, "x", x, 3, "[B, C, P]")
     check.tensor(op, "w", w, 2, "[K, C]")
     check.tensor(op, "b", b, 1, "[K]")
@@ -33,7 +56,6 @@ def grm_project(x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto") -> tu
     check.same_dtype(op, "x", x, w=w, b=b)
     check.same_device(op, "x", x, w=w, b=b)
     check_backend_name(backend)
-    return _library.grm_project(x, w, b, backend)
 
 
 def grm_reproject(x: Tensor, q: Tensor, v: Tensor, *, backend: str = "auto") -> Tensor:

@@ -4,7 +4,7 @@
 // pixel-contiguous), everything stays in cache:
 //   grm_project forward     S = W X + b;  A = softmax_K(S);  h += A X^T;  m += rowsum(A)
 //   grm_project backward    [S; G] = [W; GH] X + [b; gm];  A = softmax_K(S);  GS = A * (G - colsum(A * G))
-//                           gx = [GH^T W^T] [A; GS];  gw += GS X^T;  gb += rowsum(GS)
+//                           gx = [gx_base +] [GH^T W^T] [A; GS];  gw += GS X^T;  gb += rowsum(GS)
 //   grm_reproject forward   E = Q X;  A = softmax_K(E);  y = X + V^T A
 //   grm_reproject backward  E = Q X;  A = softmax_K(E);  GA = V GY;  gv += A GY^T;
 //                           GE = A * (GA - colsum(A * GA));  gq += GE X^T;  gx = GY + Q^T GE
@@ -52,6 +52,15 @@ struct Tile {
   int64_t bi, p0, np, nc;
 };
 
+// Tile t of a map, to prefetch (for a product after this one); nothing when the map is absent or not
+// pixel-contiguous.
+template <typename T>
+Prefetch this_tile(const MapView<T>& m, const Tile& t) {
+  if (m.data == nullptr || m.sp != 1) return {};
+  constexpr auto elem = static_cast<int64_t>(sizeof(T));
+  return {reinterpret_cast<const char*>(m.data + t.bi * m.sb + t.p0), m.sc * elem, t.np * elem};
+}
+
 // Whether a kernel's [B, C, P] output map of T is large enough for streaming stores (see kStreamBytes).
 template <typename T>
 bool streams_output(const GrmSplit& s) {
@@ -83,16 +92,27 @@ T* direct_output(T* out, int64_t P, const Tile& t, bool stream) {
   return nullptr;
 }
 
-// The last product of a tile, into the output map: out[:, p0 : p0 + np] = C0 + A B, with A [C, kd] (row stride kd)
-// and B, C0 tile buffers of row stride ld (c0 null: no C0). Straight into the map with streaming stores where
-// direct_output allows, else into buf (which may be c0) and from there through store_tile.
+// Tile t of the [B, C, P] map m read where it lies, rows of m.sc: the accumulation type, pixel-contiguous, whole
+// vectors. Null otherwise (the tile is then copied, see load_map_tile).
+template <typename T>
+const acc_type<T>* map_tile_in_place(const MapView<T>& m, const Tile& t) {
+  if constexpr (std::is_same_v<T, acc_type<T>>) {
+    if (m.sp == 1 && t.np == t.nc) return m.data + t.bi * m.sb + t.p0;
+  }
+  return nullptr;
+}
+
+// The last product of a tile, into the output map: out[:, p0 : p0 + np] = C0 + A B, with A [C, kd] (row stride kd),
+// B a tile buffer of row stride ld and C0 rows of ldc0 (c0 null: no C0). Straight into the map with streaming
+// stores where direct_output allows, else into buf (row stride ld, which may be c0) and from there through
+// store_tile.
 template <typename T, typename acc_t>
-void product_to_map(int64_t C, int64_t kd, const acc_t* a, const acc_t* b, const acc_t* c0, acc_t* buf, int64_t ld,
-                    T* out, int64_t P, const Tile& t, bool stream, const Prefetch& next) {
+void product_to_map(int64_t C, int64_t kd, const acc_t* a, const acc_t* b, const acc_t* c0, int64_t ldc0, acc_t* buf,
+                    int64_t ld, T* out, int64_t P, const Tile& t, bool stream, const Prefetch& next) {
   if (acc_t* direct = reinterpret_cast<acc_t*>(direct_output(out, P, t, stream))) {
-    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ld, direct, P, next, true);
+    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ldc0, direct, P, next, true);
   } else {
-    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ld, buf, ld, next);
+    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ldc0, buf, ld, next);
     store_tile<T, acc_t>(buf, ld, out, P, t.p0, C, t.np, stream);
   }
 }
@@ -157,10 +177,22 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     gemm_nn<acc_t>(2 * K, t.nc, C, wg, C, 1, X, ld, Z, ld, Z, ld);  // [S; G] = [W; GH] X + [b; gm]
     softmax_columns<acc_t>(Z, K, ld, t.nc, t.np);                    // A
     softmax_backward_columns<acc_t>(Z, G, K, ld, t.nc);              // GS
-    gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K);                // gw^T += X GS^T
+    gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K, this_tile(a.gx_base, t));  // gw^T += X GS^T
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
-    // gx = [GH^T W^T] [A; GS], straight to gx when it can be, else through X
-    product_to_map<T, acc_t>(C, 2 * K, nt, Z, nullptr, X, ld, a.gx + t.bi * C * P, P, t, stream,
+    // gx = [gx_base +] [GH^T W^T] [A; GS], straight to gx when it can be, else through X; gx_base read in place
+    // when it can be, else copied into X
+    const acc_t* base = nullptr;
+    int64_t ldb = ld;
+    if (a.gx_base.data != nullptr) {
+      base = map_tile_in_place(a.gx_base, t);
+      if (base != nullptr) {
+        ldb = a.gx_base.sc;
+      } else {
+        load_map_tile<T>(a.gx_base, C, t, X);
+        base = X;
+      }
+    }
+    product_to_map<T, acc_t>(C, 2 * K, nt, Z, base, ldb, X, ld, a.gx + t.bi * C * P, P, t, stream,
                              next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();
@@ -180,7 +212,7 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
     gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, X, ld, nullptr, 0, S, ld);  // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
     // y = X + V^T A, straight to y when it can be, else in place in X
-    product_to_map<T, acc_t>(C, K, a.vt + t.bi * C * K, S, X, X, ld, a.y + t.bi * C * P, P, t, stream,
+    product_to_map<T, acc_t>(C, K, a.vt + t.bi * C * K, S, X, ld, X, ld, a.y + t.bi * C * P, P, t, stream,
                              next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();
@@ -213,7 +245,7 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
     softmax_backward_columns<acc_t>(S, G, K, ld, t.nc);                                    // GE
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gqt, K);                                      // gq^T += X GE^T
     // gx = GY + Q^T GE, straight to gx when it can be, else in place in GY
-    product_to_map<T, acc_t>(C, K, a.qt + t.bi * C * K, G, GY, GY, ld, a.gx + t.bi * C * P, P, t, stream,
+    product_to_map<T, acc_t>(C, K, a.qt + t.bi * C * K, G, GY, ld, GY, ld, a.gx + t.bi * C * P, P, t, stream,
                              next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();

@@ -32,7 +32,7 @@ struct ProjectForwardArgs {
   acc_type<T>* m;  // [tasks, K]
 };
 
-// gx [B, C, P] (contiguous) and each task's gw [K, C] (transposed), gb [K].
+// gx [B, C, P] (contiguous; plus gx_base when given) and each task's gw [K, C] (transposed), gb [K].
 template <typename T>
 struct ProjectBackwardArgs {
   GrmSplit s;
@@ -40,6 +40,7 @@ struct ProjectBackwardArgs {
   const acc_type<T>* wg;  // [B, 2K, C]: w, then gh of the batch element
   const acc_type<T>* bg;  // [B, 2K]: b, then gm
   const acc_type<T>* nt;  // [B, C, 2K]: gh^T next to w^T
+  MapView<T> gx_base;     // added to gx (any strides); data null: nothing
   T* gx;
   acc_type<T>* gwt;  // [tasks, C, K]
   acc_type<T>* gb;  // [tasks, K]

@@ -113,11 +113,15 @@ def grm_project_forward(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor
     return _ops().grm_project_forward(x, w, b)
 
 
-def grm_project_backward(gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``gx, gw, gb`` of ``grm_project``."""
+def grm_project_backward(
+    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor, gx_base: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``gx, gw, gb`` of ``grm_project``; ``gx_base`` (optional, ``[B, C, P]``) is added to ``gx``, by the CPU
+    kernel in its last product."""
     if _nvrtc(x):
-        return cupy_nvrtc.grm_project_backward(gh, gm, x, w, b)
-    return _ops().grm_project_backward(gh, gm, x, w, b)
+        gx, gw, gb = cupy_nvrtc.grm_project_backward(gh, gm, x, w, b)
+        return (gx if gx_base is None else gx.add_(gx_base)), gw, gb
+    return _ops().grm_project_backward(gh, gm, x, w, b, gx_base)
 
 
 def grm_reproject_forward(x: Tensor, q: Tensor, v: Tensor) -> Tensor:

@@ -438,11 +438,14 @@ def grm_project_forward(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor
     return _reduce(h_part, (0,), x.dtype), _reduce(m_part, (0,), x.dtype)
 
 
-def grm_project_backward(gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def grm_project_backward(
+    gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor, gx_base: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`grm_project_forward`; the assignment is recomputed from ``x``, never stored.
 
     Args:
         gh: ``[B, K, C]``.  gm: ``[B, K]``.  x, w, b: the forward inputs.
+        gx_base: ``[B, C, P]`` or None: added to ``gx`` (after the kernel).
 
     Returns:
         ``(gx [B, C, P], gw [K, C], gb [K])``, contiguous, in the dtypes of ``x``, ``w``, ``b``.
@@ -450,7 +453,7 @@ def grm_project_backward(gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor
     bsz, c, p = x.shape
     k = w.shape[0]
     if _fallback(gh, gm, x, w, b, k=k):
-        return _ref.grm_project_backward(gh, gm, x, w, b)
+        return _ref.grm_project_backward(gh, gm, x, w, b, gx_base)
     splits, per = _splits(bsz, p, x.device)
     gx = torch.empty(bsz, c, p, device=x.device, dtype=x.dtype)
     gw_part = torch.empty(splits, bsz, k, c, device=x.device, dtype=torch.float32)
@@ -461,6 +464,8 @@ def grm_project_backward(gh: Tensor, gm: Tensor, x: Tensor, w: Tensor, b: Tensor
             x.stride(0), x.stride(1), x.stride(2), w.stride(0), w.stride(1), b.stride(0))
     consts = {"BLOCK_K": block_k, "INT64": _needs_int64(x, gx), **_common(x, _tl.target_of(x.device))}
     _launch_pixel(_PROJECT, "grm_project_bwd_kernel", "project_bwd", x, block_k, splits * bsz, args, consts)
+    if gx_base is not None:
+        gx = gx.add_(gx_base)
     return gx, _reduce(gw_part, (0, 1), w.dtype), _reduce(gb_part, (0, 1), b.dtype)
 
 
