@@ -28,6 +28,7 @@ struct WalkArgs {
   const int64_t* shifts;
   const int64_t* groups;
   int64_t vectors;  // U: the weight vectors of a row block's pixel block
+  int64_t wave_bytes;  // the cache a class block's sweep over several steps may fill (see walk_classes)
   // [B, Hr / rows, Wr / xblock, U, xblock]: a block's weights in the order of the schedule, for each position
   // the weight of each row that reads it (rows ascending), then each row's own weight
   const T* wts;
