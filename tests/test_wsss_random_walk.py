@@ -312,16 +312,22 @@ def test_csrc_cpu_walk_and_boundary_affinity_do_not_depend_on_the_thread_count(k
     """One class (a parallel region per pass over rows) and three (one per class group): bitwise equal."""
     cam, aff = _irn_scene(24)
     c, a = cam[:, :k].float(), aff.float()
-    bd = torch.rand(2, 1, 29, 23, generator=_gen(13))
+    # boundary maps: one small enough to stay on the calling thread, one large enough to be split
+    bds = [torch.rand(2, 1, 29, 23, generator=_gen(13)), torch.rand(2, 1, 64, 61, generator=_gen(14))]
     before = torch.get_num_threads()
+
+    def run():
+        return [gops.random_walk(c, a, 10.0, 64, backend="csrc")] + [
+            gops.boundary_affinity(bd, 6, backend="csrc") for bd in bds]
+
     try:
         torch.set_num_threads(1)
-        first = gops.random_walk(c, a, 10.0, 64, backend="csrc"), gops.boundary_affinity(bd, 6, backend="csrc")
+        first = run()
         torch.set_num_threads(max(2, before))
-        second = gops.random_walk(c, a, 10.0, 64, backend="csrc"), gops.boundary_affinity(bd, 6, backend="csrc")
+        second = run()
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
 
 
 @pytest.mark.usefixtures("cpu_level")

@@ -85,7 +85,10 @@ at::Tensor run_affinity(const at::Tensor& x, int64_t radius, bool boundary) {
                                            out.mutable_data_ptr<scalar_t>()};
     const auto& fns = GRMSEG_CPU_KERNELS(affinity_kernels).get<scalar_t>();
     const auto fn = boundary ? fns.boundary_rows : fns.local_rows;
-    const double per_pixel = boundary ? static_cast<double>(offs.path_y.size()) : 3.0 * C * D;
+    // in the units of cpu::kMinParallelWork (about a flop of a GEMM-shaped kernel): a path point of boundary
+    // affinity (a load and a max) costs several, weighted 8: B2 64x64 r5 (1.1M points, 179 us on one thread of
+    // the Xeon) then runs on both threads (106 us), B1 32x32 stays on one (44 us)
+    const double per_pixel = boundary ? 8.0 * static_cast<double>(offs.path_y.size()) : 3.0 * C * D;
     const double work = per_pixel * B * H * Wr;
     at::parallel_for(0, B * H, cpu::grain_for(B * H, work), [&](int64_t begin, int64_t end) { fn(args, begin, end); });
   });
