@@ -16,7 +16,7 @@
 namespace grmseg {
 namespace cpu {
 
-// The most rows a kernel's register block may have (the schedule's entries hold one weight offset per row).
+// The most rows a kernel's register block may have (its 2^rows - 1 masks of rows are a loop each).
 constexpr int kMaxWalkRows = 4;
 
 template <typename T>
