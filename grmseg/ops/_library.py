@@ -54,10 +54,16 @@ def _project_setup(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _project_bwd(ctx, gh, gm):
+def _project_grads(ctx, gh, gm, gx_base):
+    """grm_project's gradients from the context saved by _project_setup (x, w, b; backend), gx_base added to gx."""
     x, w, b = ctx.saved_tensors
-    gx, gw, gb = grm_project_backward(gh.to(x.dtype), gm.to(x.dtype), x, w, b, None, ctx.backend)
+    base = None if gx_base is None else gx_base.to(x.dtype)
+    gx, gw, gb = grm_project_backward(gh.to(x.dtype), gm.to(x.dtype), x, w, b, base, ctx.backend)
     return gx, gw, gb, None
+
+
+def _project_bwd(ctx, gh, gm):
+    return _project_grads(ctx, gh, gm, None)
 
 
 grm_project.register_autograd(_project_bwd, setup_context=_project_setup)
@@ -71,15 +77,12 @@ class GrmProjectTee(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
         h, m = grm_project(x, w, b, backend)
-        ctx.save_for_backward(x, w, b)
-        ctx.backend = backend
+        _project_setup(ctx, (x, w, b, backend), (h, m))
         return h, m, x.view_as(x)
 
     @staticmethod
     def backward(ctx, gh: Tensor, gm: Tensor, gx_tee: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        x, w, b = ctx.saved_tensors
-        gx, gw, gb = grm_project_backward(gh.to(x.dtype), gm.to(x.dtype), x, w, b, gx_tee.to(x.dtype), ctx.backend)
-        return gx, gw, gb, None
+        return _project_grads(ctx, gh, gm, gx_tee)
 
 
 # -------------------------------------------------------------------------------------------- grm_reproject
