@@ -56,9 +56,9 @@ namespace {
 
 struct Geometry {
   // R: border rows above; L: border columns (R rounded up to a cache line, so that pixel (y, 0) is line-aligned);
-  // S: row stride of the padded state, Hp: its rows, XB, MR: the pass kernel's pixel block and row block, Hr: H
-  // rounded up to MR rows
-  int64_t B, K, H, W, R, L, Wr, Hp, Hr, S, NN, XB, MR;
+  // S: row stride of the padded state, Hp: its rows, XB, MR: the pass kernel's pixel block and row block, RB: the
+  // row blocks of H rows
+  int64_t B, K, H, W, R, L, Wr, Hp, RB, S, NN, XB, MR;
   int64_t plane() const { return Hp * S; }
 };
 
@@ -102,7 +102,7 @@ Schedule row_block_schedule(const std::vector<wsss::Offset>& offs, const Geometr
   return s;
 }
 
-// wts [B, Hr / MR, Wr / XB, U, XB] (zeroed; U = sched.vectors) from aff [B, D, H, W] (contiguous, accumulation
+// wts [B, RB, Wr / XB, U, XB] (zeroed; U = sched.vectors) from aff [B, D, H, W] (contiguous, accumulation
 // type), row y's weight for term n of pixel block xb at vector slot[y % MR][n] of block (y / MR, xb); the
 // normaliser is summed in fp64.
 template <typename acc_t>
@@ -153,7 +153,7 @@ void walk_weights(const acc_t* __restrict aff, acc_t* __restrict wts, const Geom
       // into the row block's weights, in the kernel's order
       const int64_t U = sched.vectors;
       const std::vector<int64_t>& slot = sched.slot[y % g.MR];
-      acc_t* out = wts + (bi * (g.Hr / g.MR) + y / g.MR) * (Wr / g.XB) * U * g.XB;
+      acc_t* out = wts + (bi * g.RB + y / g.MR) * (Wr / g.XB) * U * g.XB;
       for (int64_t x0 = 0; x0 < Wr; x0 += g.XB)
         for (int64_t n = 0; n < NN; ++n)
           std::copy(wb + n * Wr + x0, wb + n * Wr + x0 + g.XB, out + (x0 / g.XB * U + slot[n]) * g.XB);
@@ -192,7 +192,7 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
   g.L = (g.R + line - 1) / line * line;
   g.Wr = (g.W + xb - 1) / xb * xb;
   g.MR = mr;
-  g.Hr = (g.H + mr - 1) / mr * mr;
+  g.RB = (g.H + mr - 1) / mr;
   g.Hp = g.H + 2 * g.R + mr - 1;
   g.S = g.Wr + 2 * g.L;
   g.NN = 2 * static_cast<int64_t>(offs.size()) + 1;
@@ -200,7 +200,7 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
   const Schedule sched = row_block_schedule(offs, g);
 
   const at::Tensor a = aff.to(acc_type).contiguous();
-  at::Tensor wts = at::zeros({g.B, g.Hr / g.MR, g.Wr / g.XB, sched.vectors, g.XB}, cam.options().dtype(acc_type));
+  at::Tensor wts = at::zeros({g.B, g.RB, g.Wr / g.XB, sched.vectors, g.XB}, cam.options().dtype(acc_type));
   at::Tensor ping = at::zeros({g.B, g.K, g.Hp, g.S}, cam.options().dtype(acc_type));
   at::Tensor pong = at::zeros_like(ping);
   ping.narrow(2, g.R, g.H).narrow(3, g.L, g.W).copy_(cam);
@@ -238,10 +238,9 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
       });
     } else {
       for (int64_t s = 0; s < steps; ++s) {
-        const int64_t row_blocks = g.Hr / g.MR;
-        at::parallel_for(0, g.B * row_blocks, 1, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, g.B * g.RB, 1, [&](int64_t begin, int64_t end) {
           for (int64_t task = begin; task < end; ++task) {
-            const int64_t bi = task / row_blocks, y = task % row_blocks * g.MR;
+            const int64_t bi = task / g.RB, y = task % g.RB * g.MR;
             fns.walk_rows(args, bufs[s % 2], bufs[(s + 1) % 2], bi, y, y + 1);
           }
         });

@@ -24,19 +24,25 @@ namespace {
 
 constexpr int64_t kT = kGrmTile;
 
+// Pixels [p, p + np) of image bi of a map, to prefetch; nothing when the map is absent or not pixel-contiguous.
+template <typename T>
+Prefetch map_pixels(const MapView<T>& m, int64_t bi, int64_t p, int64_t np) {
+  if (m.data == nullptr || m.sp != 1) return {};
+  constexpr auto elem = static_cast<int64_t>(sizeof(T));
+  return {reinterpret_cast<const char*>(m.data + bi * m.sb + p), m.sc * elem, np * elem};
+}
+
 // The tile after the one at pixel p0 of image bi of a map (the next one this thread most likely works on: the
-// next pixels, or the first ones of the next image), to prefetch; nothing when the map is not pixel-contiguous.
+// next pixels, or the first ones of the next image), to prefetch.
 template <typename T>
 Prefetch next_tile(const MapView<T>& m, const GrmSplit& s, int64_t bi, int64_t p0) {
-  if (m.sp != 1) return {};
   int64_t p = p0 + kT;
   if (p >= s.P) {
     if (bi + 1 >= s.B) return {};
     ++bi;
     p = 0;
   }
-  constexpr auto elem = static_cast<int64_t>(sizeof(T));
-  return {reinterpret_cast<const char*>(m.data + bi * m.sb + p), m.sc * elem, std::min(kT, s.P - p) * elem};
+  return map_pixels(m, bi, p, std::min(kT, s.P - p));
 }
 
 struct TaskRange {
@@ -52,13 +58,10 @@ struct Tile {
   int64_t bi, p0, np, nc;
 };
 
-// Tile t of a map, to prefetch (for a product after this one); nothing when the map is absent or not
-// pixel-contiguous.
+// Tile t of a map, to prefetch (for a product after this one).
 template <typename T>
 Prefetch this_tile(const MapView<T>& m, const Tile& t) {
-  if (m.data == nullptr || m.sp != 1) return {};
-  constexpr auto elem = static_cast<int64_t>(sizeof(T));
-  return {reinterpret_cast<const char*>(m.data + t.bi * m.sb + t.p0), m.sc * elem, t.np * elem};
+  return map_pixels(m, t.bi, t.p0, t.np);
 }
 
 // Whether a kernel's [B, C, P] output map of T is large enough for streaming stores (see kStreamBytes).
