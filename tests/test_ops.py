@@ -76,7 +76,7 @@ def test_grm_project_tee_matches_x_used_twice(backend, dtype):
         y, m = _tee_chain(*leaves, tee, backend)
         grads = torch.autograd.grad((y, m), leaves, (torch.ones_like(y), torch.ones_like(m)))
         runs.append((y, m, *grads))
-    # the tee rounds gx once (the kernel adds gx_base in fp32), x used twice twice (each gx, then their sum)
+    # the tee rounds gx once (the kernel adds gx_base in fp32); x used twice rounds it twice (each gx, then the sum)
     tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
     for got, want in zip(*runs, strict=True):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
