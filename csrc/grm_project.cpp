@@ -46,16 +46,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_meta(const a
           at::empty_symint(b.sym_sizes(), b.options())};
 }
 
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_keep_forward_meta(const at::Tensor& x, const at::Tensor& w,
+                                                                            const at::Tensor& b) {
+  auto [h, m] = grm_project_forward_meta(x, w, b);
+  at::Tensor a = at::empty_symint({x.sym_size(0), w.sym_size(0), x.sym_size(2)},
+                                  x.options().dtype(accumulation_dtype(x.scalar_type())));
+  return {h, m, a};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_meta(const at::Tensor& gh,
+                                                                             const at::Tensor& gm, const at::Tensor& x,
+                                                                             const at::Tensor& a, const at::Tensor& w,
+                                                                             const at::Tensor& b,
+                                                                             const std::optional<at::Tensor>& gx_base) {
+  TORCH_CHECK(a.dim() == 3 && a.scalar_type() == accumulation_dtype(x.scalar_type()), "grmseg_C::grm_project_backward_kept",
+              ": a must be [B, K, P] in the accumulation dtype of x, got ", a.scalar_type(), " of shape ",
+              a.sym_sizes());
+  return grm_project_backward_meta(gh, gm, x, w, b, gx_base);
+}
+
+}  // namespace
 }  // namespace grmseg
 
 TORCH_LIBRARY_IMPL(grmseg_C, Meta, m) {
   m.impl("grm_project_forward", &grmseg::grm_project_forward_meta);
   m.impl("grm_project_backward", &grmseg::grm_project_backward_meta);
+  m.impl("grm_project_keep_forward", &grmseg::grm_project_keep_forward_meta);
+  m.impl("grm_project_backward_kept", &grmseg::grm_project_backward_kept_meta);
 }
 
 TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
   m.impl("grm_project_forward", &grmseg::grm_project_forward_cpu);
   m.impl("grm_project_backward", &grmseg::grm_project_backward_cpu);
+  m.impl("grm_project_keep_forward", &grmseg::grm_project_keep_forward_cpu);
+  m.impl("grm_project_backward_kept", &grmseg::grm_project_backward_kept_cpu);
 }
 
 #ifdef GRMSEG_WITH_CUDA

@@ -76,4 +76,23 @@ inline void check_project_gx_base(const std::optional<at::Tensor>& gx_base, cons
               "), got ", gx_base->device());
 }
 
+// The dtype the kernels accumulate in for inputs of dtype dt: float32 for float16 / bfloat16, else dt itself.
+inline at::ScalarType accumulation_dtype(at::ScalarType dt) {
+  return (dt == at::kHalf || dt == at::kBFloat16) ? at::kFloat : dt;
+}
+
+// Validates a kept assignment a [B, K, P] (the *_keep forwards' third output, read by the *_kept backwards):
+// the shape of x's batch and pixels with K nodes, the accumulation dtype of x (float32 for float16 / bfloat16
+// inputs, else x's own), x's device; any strides.
+inline void check_assignment(const at::Tensor& a, const at::Tensor& x, int64_t K, const char* who) {
+  TORCH_CHECK(a.dim() == 3 && a.size(0) == x.size(0) && a.size(1) == K && a.size(2) == x.size(2), who,
+              ": a must be [B, K, P] = [", x.size(0), ", ", K, ", ", x.size(2), "], got a tensor of shape ",
+              a.sizes());
+  const auto dt = x.scalar_type();
+  const auto acc = accumulation_dtype(dt);
+  TORCH_CHECK(a.scalar_type() == acc, who, ": a must have the accumulation dtype of x (", acc, " for ", dt,
+              "), got ", a.scalar_type());
+  TORCH_CHECK(a.device() == x.device(), who, ": a must be on the device of x (", x.device(), "), got ", a.device());
+}
+
 }  // namespace grmseg

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "cpu/grm_project_cpu.h"
+#include "grm_project.h"
 #ifdef GRMSEG_WITH_CUDA
 #include "cuda/grm_project_cuda.h"
 #endif
@@ -37,17 +38,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_meta(const
           at::empty_symint(v.sym_sizes(), v.options())};
 }
 
+std::tuple<at::Tensor, at::Tensor> grm_reproject_keep_forward_meta(const at::Tensor& x, const at::Tensor& q,
+                                                                   const at::Tensor& v) {
+  check_reproject_meta(x, q, v, "grmseg_C::grm_reproject_keep_forward");
+  return {at::empty_symint(x.sym_sizes(), x.options()),
+          at::empty_symint({x.sym_size(0), q.sym_size(1), x.sym_size(2)},
+                           x.options().dtype(accumulation_dtype(x.scalar_type())))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_meta(const at::Tensor& gy,
+                                                                               const at::Tensor& x,
+                                                                               const at::Tensor& a,
+                                                                               const at::Tensor& q,
+                                                                               const at::Tensor& v) {
+  TORCH_CHECK(a.dim() == 3 && a.scalar_type() == accumulation_dtype(x.scalar_type()), "grmseg_C::grm_reproject_backward_kept",
+              ": a must be [B, K, P] in the accumulation dtype of x, got ", a.scalar_type(), " of shape ",
+              a.sym_sizes());
+  return grm_reproject_backward_meta(gy, x, q, v);
+}
+
 }  // namespace
 }  // namespace grmseg
 
 TORCH_LIBRARY_IMPL(grmseg_C, Meta, m) {
   m.impl("grm_reproject_forward", &grmseg::grm_reproject_forward_meta);
   m.impl("grm_reproject_backward", &grmseg::grm_reproject_backward_meta);
+  m.impl("grm_reproject_keep_forward", &grmseg::grm_reproject_keep_forward_meta);
+  m.impl("grm_reproject_backward_kept", &grmseg::grm_reproject_backward_kept_meta);
 }
 
 TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
   m.impl("grm_reproject_forward", &grmseg::grm_reproject_forward_cpu);
   m.impl("grm_reproject_backward", &grmseg::grm_reproject_backward_cpu);
+  m.impl("grm_reproject_keep_forward", &grmseg::grm_reproject_keep_forward_cpu);
+  m.impl("grm_reproject_backward_kept", &grmseg::grm_reproject_backward_kept_cpu);
 }
 
 #ifdef GRMSEG_WITH_CUDA

@@ -13,6 +13,14 @@ TORCH_LIBRARY(grmseg_C, m) {
       "(Tensor, Tensor, Tensor)");
   m.def("grm_reproject_forward(Tensor x, Tensor q, Tensor v) -> Tensor");
   m.def("grm_reproject_backward(Tensor gy, Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)");
+  // the same ops with the [B, K, P] assignment kept for backward (CPU kernels: see grmseg.ops, keep_assignment)
+  m.def("grm_project_keep_forward(Tensor x, Tensor w, Tensor b) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "grm_project_backward_kept(Tensor gh, Tensor gm, Tensor x, Tensor a, Tensor w, Tensor b, "
+      "Tensor? gx_base=None) -> (Tensor, Tensor, Tensor)");
+  m.def("grm_reproject_keep_forward(Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor)");
+  m.def(
+      "grm_reproject_backward_kept(Tensor gy, Tensor x, Tensor a, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)");
   m.def("graph_conv_forward(Tensor z, Tensor adj, Tensor weight, Tensor? bias, str activation) -> Tensor");
   m.def(
       "graph_conv_backward(Tensor gout, Tensor out, Tensor z, Tensor adj, Tensor weight, Tensor? bias, "

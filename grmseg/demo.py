@@ -12,9 +12,21 @@ import torch.nn.functional as F
 
 from grmseg import ops
 from grmseg.models import deeplabv3_with_grm
+from grmseg.ops._backends import KEEP_VARIANTS
 
 GRM_KERNELS = ("grm_project_forward", "grm_project_backward", "graph_conv_forward", "graph_conv_backward",
                "grm_reproject_forward", "grm_reproject_backward")
+
+
+def kernels_run(device_type: str, keep_assignment: bool = True) -> tuple[str, ...]:
+    """The kernels a training step of ``grmseg.GRM`` runs on ``device_type``: :data:`GRM_KERNELS`, with the keep
+    variants of the projection's and reprojection's where the layer keeps their assignments."""
+    out = []
+    for kernel in GRM_KERNELS:
+        op = kernel.rsplit("_", 1)[0]
+        keep = kernel in KEEP_VARIANTS and keep_assignment and ops.keeps_assignment(op, device_type)
+        out.append(KEEP_VARIANTS[kernel] if keep else kernel)
+    return tuple(out)
 
 
 def run_demo(batch: int = 2, size: int = 129, num_classes: int = 21, device: str = "cpu", seed: int = 0) -> dict:
@@ -69,7 +81,7 @@ def run_demo(batch: int = 2, size: int = 129, num_classes: int = 21, device: str
         "loss": loss.item(),
         "timings_ms": {"forward": (t1 - t0) * 1e3, "backward": (t2 - t1) * 1e3, "optimizer": (t3 - t2) * 1e3,
                        "grm_forward": grm_ms[0]},
-        "backends": {k: ops.selected(k, dev) for k in GRM_KERNELS},
+        "backends": {k: ops.selected(k, dev) for k in kernels_run(torch.device(dev).type, grm.keep_assignment)},
     }
     print(f"grmseg layer-demo: DeepLabV3-ResNet50 + GRM(in_channels={grm.in_channels}, num_nodes={grm.num_nodes}), "
           f"batch {batch} x 3 x {size} x {size} on {dev}")

@@ -24,8 +24,12 @@ __all__ = [
     "graph_conv_backward",
     "grm_project",
     "grm_project_backward",
+    "grm_project_backward_kept",
+    "grm_project_keep",
     "grm_reproject",
     "grm_reproject_backward",
+    "grm_reproject_backward_kept",
+    "grm_reproject_keep",
     "local_affinity",
     "path_offsets",
     "radius_from_offsets",
@@ -69,11 +73,22 @@ def grm_project(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         ``h [B, K, C]`` with ``h[k, c] = sum_p a[k, p] x[c, p]`` and ``m [B, K]`` with ``m[k] = sum_p a[k, p]``,
         where ``a = softmax_K(w x + b)``.
     """
+    h, m, _ = grm_project_keep(x, w, b)
+    return h, m
+
+
+def grm_project_keep(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`grm_project` that also returns its assignment, for :func:`grm_project_backward_kept`.
+
+    Returns:
+        ``h [B, K, C]``, ``m [B, K]`` (dtype of ``x``) and ``a [B, K, P] = softmax_K(w x + b)`` in the
+        accumulation dtype (float32 for half inputs, else the dtype of ``x``).
+    """
     x_, w_, b_ = _acc(x), _acc(w), _acc(b)
     a = _project_assignment(x_, w_, b_)
     h = torch.einsum("bkp,bcp->bkc", a, x_)
     m = a.sum(dim=-1)
-    return h.to(x.dtype), m.to(x.dtype)
+    return h.to(x.dtype), m.to(x.dtype), a
 
 
 def grm_project_backward(
@@ -89,11 +104,21 @@ def grm_project_backward(
     Returns:
         ``(gx [B, C, P], gw [K, C], gb [K])`` in the dtypes of ``x``, ``w``, ``b``.
     """
-    x_, w_, b_, gh_, gm_ = _acc(x), _acc(w), _acc(b), _acc(gh), _acc(gm)
-    a = _project_assignment(x_, w_, b_)
+    a = _project_assignment(_acc(x), _acc(w), _acc(b))
+    return grm_project_backward_kept(gh, gm, x, a, w, b, gx_base)
+
+
+def grm_project_backward_kept(
+    gh: Tensor, gm: Tensor, x: Tensor, a: Tensor, w: Tensor, b: Tensor, gx_base: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`grm_project_backward` from the assignment ``a [B, K, P]`` kept by :func:`grm_project_keep`.
+
+    ``b`` only gives the dtype of ``gb``. Returns ``(gx, gw, gb)`` as :func:`grm_project_backward`.
+    """
+    x_, w_, gh_, gm_, a_ = _acc(x), _acc(w), _acc(gh), _acc(gm), _acc(a)
     ga = torch.einsum("bkc,bcp->bkp", gh_, x_) + gm_[:, :, None]
-    gs = a * (ga - (a * ga).sum(dim=1, keepdim=True))
-    gx = torch.einsum("bkc,bkp->bcp", gh_, a) + torch.einsum("kc,bkp->bcp", w_, gs)
+    gs = a_ * (ga - (a_ * ga).sum(dim=1, keepdim=True))
+    gx = torch.einsum("bkc,bkp->bcp", gh_, a_) + torch.einsum("kc,bkp->bcp", w_, gs)
     if gx_base is not None:
         gx = gx + _acc(gx_base)
     gw = torch.einsum("bkp,bcp->kc", gs, x_)
@@ -104,6 +129,10 @@ def grm_project_backward(
 # ----------------------------------------------------------------------------------------------------------
 # GRM reprojection: nodes map back to pixels, residual included.
 # ----------------------------------------------------------------------------------------------------------
+def _reproject_assignment(x: Tensor, q: Tensor) -> Tensor:
+    return torch.einsum("bkc,bcp->bkp", q, x).softmax(dim=1)
+
+
 def grm_reproject(x: Tensor, q: Tensor, v: Tensor) -> Tensor:
     """Node-to-pixel mapping with the residual fused.
 
@@ -115,10 +144,19 @@ def grm_reproject(x: Tensor, q: Tensor, v: Tensor) -> Tensor:
     Returns:
         ``y [B, C, P] = x + v^T softmax_K(q x)``.
     """
+    return grm_reproject_keep(x, q, v)[0]
+
+
+def grm_reproject_keep(x: Tensor, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`grm_reproject` that also returns its assignment, for :func:`grm_reproject_backward_kept`.
+
+    Returns:
+        ``y [B, C, P]`` (dtype of ``x``) and ``a [B, K, P] = softmax_K(q x)`` in the accumulation dtype.
+    """
     x_, q_, v_ = _acc(x), _acc(q), _acc(v)
-    a = torch.einsum("bkc,bcp->bkp", q_, x_).softmax(dim=1)
+    a = _reproject_assignment(x_, q_)
     y = x_ + torch.einsum("bkc,bkp->bcp", v_, a)
-    return y.to(x.dtype)
+    return y.to(x.dtype), a
 
 
 def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -130,13 +168,19 @@ def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor) -> tuple
     Returns:
         ``(gx [B, C, P], gq [B, K, C], gv [B, K, C])`` in the dtypes of ``x``, ``q``, ``v``.
     """
-    x_, q_, v_, gy_ = _acc(x), _acc(q), _acc(v), _acc(gy)
-    a = torch.einsum("bkc,bcp->bkp", q_, x_).softmax(dim=1)
+    return grm_reproject_backward_kept(gy, x, _reproject_assignment(_acc(x), _acc(q)), q, v)
+
+
+def grm_reproject_backward_kept(
+    gy: Tensor, x: Tensor, a: Tensor, q: Tensor, v: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`grm_reproject_backward` from the assignment ``a [B, K, P]`` kept by :func:`grm_reproject_keep`."""
+    x_, q_, v_, gy_, a_ = _acc(x), _acc(q), _acc(v), _acc(gy), _acc(a)
     ga = torch.einsum("bkc,bcp->bkp", v_, gy_)
-    ge = a * (ga - (a * ga).sum(dim=1, keepdim=True))
+    ge = a_ * (ga - (a_ * ga).sum(dim=1, keepdim=True))
     gx = gy_ + torch.einsum("bkc,bkp->bcp", q_, ge)
     gq = torch.einsum("bkp,bcp->bkc", ge, x_)
-    gv = torch.einsum("bkp,bcp->bkc", a, gy_)
+    gv = torch.einsum("bkp,bcp->bkc", a_, gy_)
     return gx.to(x.dtype), gq.to(q.dtype), gv.to(v.dtype)
 
 

@@ -4,7 +4,7 @@
 import pytest
 
 from grmseg.cli import main
-from grmseg.demo import GRM_KERNELS, run_demo
+from grmseg.demo import kernels_run, run_demo
 
 
 def test_demo_runs_one_training_step(capsys):
@@ -12,7 +12,8 @@ def test_demo_runs_one_training_step(capsys):
     result = run_demo(batch=2, size=33)
     out = capsys.readouterr().out
     assert result["loss"] > 0
-    assert set(result["backends"]) == set(GRM_KERNELS)
+    assert set(result["backends"]) == set(kernels_run("cpu"))
+    assert "grm_project_keep_forward" in result["backends"]  # the layer keeps its assignments on the CPU
     assert all(ms > 0 for ms in result["timings_ms"].values())
     for kernel, backend in result["backends"].items():
         assert f"{kernel:<24} {backend}" in out

@@ -78,6 +78,13 @@ SCHEMAS = {
     ),
     "grm_reproject_forward": "(Tensor x, Tensor q, Tensor v) -> Tensor",
     "grm_reproject_backward": "(Tensor gy, Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)",
+    "grm_project_keep_forward": "(Tensor x, Tensor w, Tensor b) -> (Tensor, Tensor, Tensor)",
+    "grm_project_backward_kept": (
+        "(Tensor gh, Tensor gm, Tensor x, Tensor a, Tensor w, Tensor b, Tensor? gx_base=None) -> "
+        "(Tensor, Tensor, Tensor)"
+    ),
+    "grm_reproject_keep_forward": "(Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor)",
+    "grm_reproject_backward_kept": "(Tensor gy, Tensor x, Tensor a, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)",
     "graph_conv_forward": "(Tensor z, Tensor adj, Tensor weight, Tensor? bias, str activation) -> Tensor",
     "graph_conv_backward": "(Tensor gout, Tensor out, Tensor z, Tensor adj, Tensor weight, Tensor? bias, "
     "str activation) -> (Tensor, Tensor, Tensor, Tensor)",
@@ -215,7 +222,16 @@ GRM_KERNELS = {
     "grm_project_backward": (reference.grm_project_backward, ("gh", "gm", "x", "w", "b")),
     "grm_reproject_forward": (reference.grm_reproject, ("x", "q", "v")),
     "grm_reproject_backward": (reference.grm_reproject_backward, ("gy", "x", "q", "v")),
+    # the same kernels keeping the [B, K, P] assignment (a_p, a_r: the reference's, from x) for backward
+    "grm_project_keep_forward": (reference.grm_project_keep, ("x", "w", "b")),
+    "grm_project_backward_kept": (reference.grm_project_backward_kept, ("gh", "gm", "x", "a_p", "w", "b")),
+    "grm_reproject_keep_forward": (reference.grm_reproject_keep, ("x", "q", "v")),
+    "grm_reproject_backward_kept": (reference.grm_reproject_backward_kept, ("gy", "x", "a_r", "q", "v")),
 }
+#: The kernels of the table that CUDA has as well (the keep variants are CPU kernels).
+CUDA_GRM_KERNELS = {n: GRM_KERNELS[n] for n in ("grm_project_backward", "grm_reproject_forward", "grm_reproject_backward")}
+#: Outputs in the accumulation dtype (float32 for half inputs) rather than the dtype of x: the kept assignments.
+ACC_OUTPUTS = {("grm_project_keep_forward", 2), ("grm_reproject_keep_forward", 1)}
 GRM_SHAPES = [(3, 59, 97, 21), (2, 5, 1, 3), (1, 3, 33, 1), (1, 1, 1, 1), (2, 7, 300, 2)]
 
 
@@ -235,7 +251,15 @@ def _grm_inputs(bsz, c, p, k, dtype=torch.float64, device="cpu", seed=0):
         "gm": rnd(bsz, k),
         "gy": rnd(bsz, c, p),
     }
-    return {n: v.to(device=device, dtype=dtype) for n, v in t.items()}
+    t = {n: v.to(device=device, dtype=dtype) for n, v in t.items()}
+    t["a_p"] = reference.grm_project_keep(t["x"], t["w"], t["b"])[2]
+    t["a_r"] = reference.grm_reproject_keep(t["x"], t["q"], t["v"])[1]
+    return t
+
+
+def _out_dtype(name, i, dtype):
+    half = dtype in (torch.float16, torch.bfloat16)
+    return torch.float32 if (name, i) in ACC_OUTPUTS and half else dtype
 
 
 def _as_tuple(out):
@@ -254,7 +278,7 @@ def _check_kernel(name, t, out=None):
     plain = _as_tuple(fn(*(t[n] for n in names))) if t["x"].dtype in (torch.float16, torch.bfloat16) else None
     assert len(out) == len(oracle)
     for i, (o, r) in enumerate(zip(out, oracle)):
-        assert o.dtype == t["x"].dtype and o.is_contiguous() and o.device == t["x"].device
+        assert o.dtype == _out_dtype(name, i, t["x"].dtype) and o.is_contiguous() and o.device == t["x"].device
         assert_close(o, r, None if plain is None else plain[i], name=f"{name}[{i}]")
 
 
@@ -334,6 +358,8 @@ def _strided_variants(t):
             "v": t["v"][:1].expand_as(t["v"]),
             "gh": t["gh"][:1].expand_as(t["gh"]),
             "gm": t["gm"][:1].expand_as(t["gm"]),
+            "a_p": t["a_p"][:1].expand_as(t["a_p"]),
+            "a_r": t["a_r"][:1].expand_as(t["a_r"]),
         }
     )
     out.append({n: nc(v) for n, v in t.items()})
@@ -357,7 +383,9 @@ def test_cpu_grm_kernels_non_contiguous_and_channels_last(name, dtype):
                 torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["grm_project_backward", "grm_reproject_backward"])
+@pytest.mark.parametrize(
+    "name", ["grm_project_backward", "grm_reproject_backward", "grm_project_backward_kept", "grm_reproject_backward_kept"]
+)
 @pytest.mark.usefixtures("cpu_level")
 def test_cpu_grm_backward_deterministic_across_thread_counts(name):
     t = _grm_inputs(2, 32, 5003, 21, dtype=torch.float32)  # large enough to run in parallel
@@ -477,6 +505,9 @@ def _bad(name, **changes):
         (_bad("grm_reproject_forward", q=torch.randn(2, 3, 5).double()), r"same dtype"),
         (_bad("grm_reproject_backward", gy=torch.randn(2, 5, 6)), r"gy must have the shape of x"),
         (_bad("grm_reproject_backward", gy=torch.randn(2, 5, 7).half()), r"gy must have the dtype of x"),
+        (_bad("grm_project_backward_kept", a_p=torch.rand(2, 3, 6)), r"a must be \[B, K, P\] = \[2, 3, 7\]"),
+        (_bad("grm_project_backward_kept", a_p=torch.rand(2, 3, 7).double()), r"accumulation dtype of x"),
+        (_bad("grm_reproject_backward_kept", a_r=torch.rand(2, 4, 7)), r"a must be \[B, K, P\] = \[2, 3, 7\]"),
         (
             _bad(
                 "grm_reproject_forward",
@@ -665,7 +696,7 @@ def _emulated(lib, name, t):
 
 
 @pytest.mark.parametrize("shape", [*GRM_SHAPES, LARGE_P, (2, 40, 300, 300)])
-@pytest.mark.parametrize("name", list(GRM_KERNELS))
+@pytest.mark.parametrize("name", list(CUDA_GRM_KERNELS))
 def test_cuda_device_code_emulated_on_cpu(cuda_emulator, name, shape):
     t = _grm_inputs(*shape)
     t = {**t, "x": t["x"].transpose(1, 2).contiguous().transpose(1, 2)}  # strided x: P is not the inner dim
@@ -734,7 +765,7 @@ def test_cupy_nvrtc_compiles_the_kernel_sources(arch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("name", list(GRM_KERNELS))
+@pytest.mark.parametrize("name", list(CUDA_GRM_KERNELS))
 def test_cuda_cupy_nvrtc_kernels_match_reference(name, dtype):
     pytest.importorskip("cupy")
     t = _grm_inputs(3, 59, 97, 21, dtype=dtype, device="cuda")
@@ -786,7 +817,7 @@ def test_cuda_non_contiguous_deterministic_and_op_layer():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape", GRM_SHAPES + [LARGE_P, (2, 300, 1000, 21), (4, 64, 4097, 81)])
-@pytest.mark.parametrize("name", list(GRM_KERNELS))
+@pytest.mark.parametrize("name", list(CUDA_GRM_KERNELS))
 def test_cuda_grm_kernels_match_reference(name, shape, dtype):
     assert _ext.cuda_built(), _ext.cuda_skip_reason()
     assert name in csrc.kernels("cuda")
@@ -794,7 +825,7 @@ def test_cuda_grm_kernels_match_reference(name, shape, dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", list(GRM_KERNELS))
+@pytest.mark.parametrize("name", list(CUDA_GRM_KERNELS))
 def test_cuda_grm_kernels_non_contiguous_deterministic(name):
     t = _grm_inputs(3, 59, 97, 21, dtype=torch.float32, device="cuda")
     for tv in _strided_variants(t):

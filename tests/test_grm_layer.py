@@ -1,5 +1,7 @@
 """grmseg.GRM: identity at start, every parameter trained, any size/batch/dtype, DeepLabV3, torch.compile."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -121,6 +123,37 @@ def test_torch_compile_fullgraph_forward_and_backward():
     torch.testing.assert_close(got, want)
     for g, w in zip((p.grad for p in model.parameters()), want_grads):
         torch.testing.assert_close(g, w)
+
+
+def _record_shape(sizes: list, t: torch.Tensor) -> torch.Tensor:
+    sizes.append(tuple(t.shape))
+    return t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keep_assignment_changes_nothing_but_what_is_saved(dtype):
+    """GRM(keep_assignment=True), the default, and False: bitwise the same output and gradients on the CPU (the
+    kept assignment is the one the backward would recompute), and only the kept layer saves [B, K, P] tensors."""
+    torch.manual_seed(0)
+    kept, recomputed = grmseg.GRM(16, 5, node_dim=8, key_dim=4), grmseg.GRM(16, 5, node_dim=8, key_dim=4,
+                                                                         keep_assignment=False)
+    _trained_once(kept, torch.randn(2, 16, 5, 5))
+    recomputed.load_state_dict(kept.state_dict())
+    x = torch.randn(2, 16, 9, 7, dtype=dtype, requires_grad=True)
+    gy = torch.randn_like(x)
+    results, saved = [], []
+    for layer in (kept.to(dtype), recomputed.to(dtype)):
+        sizes: list[tuple[int, ...]] = []
+        pack = functools.partial(_record_shape, sizes)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = layer(x)
+        results.append((y, *torch.autograd.grad(y, (x, *layer.parameters()), gy)))
+        saved.append(sizes)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert saved[0].count((2, 5, 63)) == 2 and (2, 5, 63) not in saved[1]
+    with pytest.raises(TypeError, match="'keep_assignment' must be a bool"):
+        grmseg.GRM(16, 5, keep_assignment=None)
 
 
 def test_constructor_and_input_errors():

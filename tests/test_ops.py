@@ -1,5 +1,7 @@
 """The op layer: torch.library registration (opcheck), backend selection, and clear errors for bad input."""
 
+import functools
+
 import pytest
 import torch
 from torch.library import opcheck
@@ -94,16 +96,75 @@ def test_grm_project_tee_hands_x_on_and_gradchecks():
         ops.grm_project_tee(x, torch.randn(4, 2, dtype=torch.float64), b)
 
 
-def test_no_bkp_tensor_is_saved_for_backward():
-    """Nothing of size [B, K, P] is kept between forward and backward: only the inputs."""
-    bsz, c, p, k = 2, 4, 1000, 8
+def _saved_sizes(keep, backend="auto", bsz=2, c=12, p=1000, k=8):
+    """The numel of every tensor the three GRM ops save for backward (K < C, so an assignment is told apart)."""
     x, w, b = T(bsz, c, p, requires_grad=True), T(k, c, requires_grad=True), T(k, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        ops.grm_project(x, w, b)
-        ops.grm_project_tee(x, w, b)
-        ops.grm_reproject(x, T(bsz, k, c), T(bsz, k, c))
-    assert len(saved) >= 9 and max(saved) <= bsz * c * p < bsz * k * p
+        ops.grm_project(x, w, b, backend=backend, keep_assignment=keep)
+        ops.grm_project_tee(x, w, b, backend=backend, keep_assignment=keep)
+        ops.grm_reproject(x, T(bsz, k, c), T(bsz, k, c), backend=backend, keep_assignment=keep)
+    return saved, bsz * c * p, bsz * k * p
+
+
+def test_nothing_of_size_bkp_is_saved_without_keep_assignment():
+    """keep_assignment=False: only the inputs are kept between forward and backward."""
+    saved, x_size, a_size = _saved_sizes(False)
+    assert len(saved) == 9 and a_size not in saved and max(saved) == x_size
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_keep_assignment_saves_one_assignment_per_op(backend):
+    """The default on the CPU: each op keeps its [B, K, P] assignment besides its inputs, and nothing when no
+    input requires grad."""
+    saved, x_size, a_size = _saved_sizes(True, backend)
+    assert len(saved) == 12 and saved.count(a_size) == 3 and max(saved) == x_size
+    kept = []
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        ops.grm_project(T(2, 12, 50), T(8, 12), T(8))
+    assert kept == []
+
+
+def test_keep_assignment_follows_the_backend():
+    """Kept only where the backend that runs the op has kernels that keep it: the Triton kernels recompute it."""
+    assert _backends.keeps_assignment("grm_project", "cpu", "reference")
+    assert _backends.keeps_assignment("grm_reproject", "cpu", "reference")
+    assert not _backends.keeps_assignment("grm_project", "cuda", "auto") or not torch.cuda.is_available()
+    if _backends.backends()["triton"].available.get("cpu"):
+        assert not _backends.keeps_assignment("grm_project", "cpu", "triton")
+        assert not _backends.keeps_assignment("grm_reproject", "cpu", "triton")
+    with pytest.raises(TypeError, match="keep_assignment"):
+        ops.grm_project(T(2, 5, 7), T(3, 5), T(3), keep_assignment="yes")
+
+
+def _keep_chain(x, w, b, v, backend, keep):
+    """grm_project_tee -> grm_reproject with keys from the class centres: every input gets a gradient."""
+    h, m, xt = ops.grm_project_tee(x, w, b, backend=backend, keep_assignment=keep)
+    q = h / (m.unsqueeze(-1) + 1.0)
+    y = ops.grm_reproject(xt, q, v, backend=backend, keep_assignment=keep)
+    return y, h, m
+
+
+def test_keep_assignment_gives_the_gradients_of_recomputing():
+    """The same values and gradients, kept or recomputed (float64, the reference and the CPU kernels)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 37, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    for backend in ("reference", "auto"):
+        results = []
+        for keep in (True, False):
+            y, h, m = _keep_chain(x, w, b, v, backend, keep)
+            loss = (y * y).sum() + (h * h).sum() + m.sum()
+            results.append((y.detach(), *torch.autograd.grad(loss, (x, w, b, v))))
+        for kept, recomputed in zip(*results):
+            torch.testing.assert_close(kept, recomputed, rtol=1e-12, atol=1e-12)
+        xs = x[:, :4, :9].detach().clone().requires_grad_()
+        ws, bs = w[:, :4].detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        vs = v[:, :, :4].detach().clone().requires_grad_()
+        chain = functools.partial(_keep_chain, backend=backend, keep=True)
+        assert torch.autograd.gradcheck(chain, (xs, ws, bs, vs))
 
 
 def test_non_contiguous_inputs():

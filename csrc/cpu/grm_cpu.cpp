@@ -77,14 +77,18 @@ void run_tasks(const Args& args, int64_t tasks, Fn fn) {
 }  // namespace
 
 // ------------------------------------------------------------------------------------------ grm_project_forward
-std::tuple<at::Tensor, at::Tensor> grm_project_forward_cpu(const at::Tensor& x, const at::Tensor& w,
-                                                            const at::Tensor& b) {
-  check_project_inputs(x, w, b, c10::DeviceType::CPU, "grmseg_C::grm_project_forward (CPU)");
+namespace {
+
+// h, m and (keep) the assignment a [B, K, P] in the accumulation type; a is empty without keep.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_forward(const at::Tensor& x, const at::Tensor& w,
+                                                               const at::Tensor& b, bool keep, const char* who) {
+  check_project_inputs(x, w, b, c10::DeviceType::CPU, who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = w.size(0);
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   at::Tensor h = at::empty({B, K, C}, x.options());
   at::Tensor m = at::empty({B, K}, x.options());
-  if (B == 0 || K == 0 || P == 0) return {h.zero_(), m.zero_()};
-  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  at::Tensor a = at::empty(keep ? std::vector<int64_t>{B, K, P} : std::vector<int64_t>{0}, x.options().dtype(acc));
+  if (B == 0 || K == 0 || P == 0) return {h.zero_(), m.zero_(), a};
   const at::Tensor w_acc = acc_contiguous(w, acc), b_acc = acc_contiguous(b, acc);
   const cpu::GrmSplit split = make_split(B, C, P, K);
   const int64_t tasks = B * split.chunks;
@@ -92,25 +96,46 @@ std::tuple<at::Tensor, at::Tensor> grm_project_forward_cpu(const at::Tensor& x, 
   at::Tensor part_m = at::empty({tasks, K}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grm_project_forward_cpu", [&] {
     using acc_t = cpu::acc_type<scalar_t>;
-    const cpu::ProjectForwardArgs<scalar_t> args{split, view<scalar_t>(x), w_acc.const_data_ptr<acc_t>(),
-                                                 b_acc.const_data_ptr<acc_t>(), part_h.mutable_data_ptr<acc_t>(),
-                                                 part_m.mutable_data_ptr<acc_t>()};
+    const cpu::ProjectForwardArgs<scalar_t> args{split,
+                                                 view<scalar_t>(x),
+                                                 w_acc.const_data_ptr<acc_t>(),
+                                                 b_acc.const_data_ptr<acc_t>(),
+                                                 part_h.mutable_data_ptr<acc_t>(),
+                                                 part_m.mutable_data_ptr<acc_t>(),
+                                                 keep ? a.mutable_data_ptr<acc_t>() : nullptr};
     run_tasks(args, tasks, GRMSEG_CPU_KERNELS(grm_kernels).get<scalar_t>().project_forward);
     sum_partials(args.ht, B, split.chunks, K, C, h.mutable_data_ptr<scalar_t>());
     sum_partials(args.m, B, split.chunks, 1, K, m.mutable_data_ptr<scalar_t>());
   });
+  return {h, m, a};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> grm_project_forward_cpu(const at::Tensor& x, const at::Tensor& w,
+                                                            const at::Tensor& b) {
+  auto [h, m, a] = project_forward(x, w, b, false, "grmseg_C::grm_project_forward (CPU)");
   return {h, m};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_keep_forward_cpu(const at::Tensor& x, const at::Tensor& w,
+                                                                           const at::Tensor& b) {
+  return project_forward(x, w, b, true, "grmseg_C::grm_project_keep_forward (CPU)");
+}
+
 // ------------------------------------------------------------------------------------------ grm_project_backward
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at::Tensor& gh, const at::Tensor& gm,
-                                                                       const at::Tensor& x, const at::Tensor& w,
-                                                                       const at::Tensor& b,
-                                                                       const std::optional<at::Tensor>& gx_base) {
-  const char* who = "grmseg_C::grm_project_backward (CPU)";
+namespace {
+
+// gx, gw, gb; with `a` (the kept assignment) A is read from it, else recomputed from w, b.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_backward(const at::Tensor& gh, const at::Tensor& gm,
+                                                                const at::Tensor& x, const at::Tensor& w,
+                                                                const at::Tensor& b,
+                                                                const std::optional<at::Tensor>& gx_base,
+                                                                const at::Tensor* a, const char* who) {
   check_project_inputs(x, w, b, c10::DeviceType::CPU, who);
   check_project_grads(gh, gm, x, w, who);
   check_project_gx_base(gx_base, x, who);
+  if (a != nullptr) check_assignment(*a, x, w.size(0), who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = w.size(0);
   at::Tensor gx = at::empty({B, C, P}, x.options());
   at::Tensor gw = at::empty({K, C}, w.options());
@@ -122,9 +147,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const at::Tensor w_b = w.to(acc).unsqueeze(0).expand({B, K, C});
   const at::Tensor gh_acc = gh.to(acc);
-  const at::Tensor wg = at::cat({w_b, gh_acc}, 1).contiguous();                     // [B, 2K, C]
-  const at::Tensor bg = at::cat({b.to(acc).unsqueeze(0).expand({B, K}), gm.to(acc)}, 1).contiguous();  // [B, 2K]
+  // [B, 2K, C] and [B, 2K]: [w; gh] and [b; gm], or with the kept assignment gh and gm alone
+  const at::Tensor wg = a != nullptr ? gh_acc.contiguous() : at::cat({w_b, gh_acc}, 1).contiguous();
+  const at::Tensor bg = a != nullptr ? gm.to(acc).contiguous()
+                                     : at::cat({b.to(acc).unsqueeze(0).expand({B, K}), gm.to(acc)}, 1).contiguous();
   const at::Tensor nt = at::cat({gh_acc, w_b}, 1).transpose(1, 2).contiguous();    // [B, C, 2K]
+  const at::Tensor a_c = a != nullptr ? a->contiguous() : at::Tensor();
   const cpu::GrmSplit split = make_split(B, C, P, K);
   const int64_t tasks = B * split.chunks;
   at::Tensor part_w = at::empty({tasks, C, K}, x.options().dtype(acc));
@@ -140,7 +168,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at
                                                                       : cpu::MapView<scalar_t>{nullptr, 0, 0, 0},
                                                   gx.mutable_data_ptr<scalar_t>(),
                                                   part_w.mutable_data_ptr<acc_t>(),
-                                                  part_b.mutable_data_ptr<acc_t>()};
+                                                  part_b.mutable_data_ptr<acc_t>(),
+                                                  a != nullptr ? a_c.const_data_ptr<acc_t>() : nullptr};
     run_tasks(args, tasks, GRMSEG_CPU_KERNELS(grm_kernels).get<scalar_t>().project_backward);
     sum_partials(args.gwt, 1, tasks, K, C, gw.mutable_data_ptr<scalar_t>());
     sum_partials(args.gb, 1, tasks, 1, K, gb.mutable_data_ptr<scalar_t>());
@@ -148,32 +177,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at
   return {gx, gw, gb};
 }
 
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at::Tensor& gh, const at::Tensor& gm,
+                                                                       const at::Tensor& x, const at::Tensor& w,
+                                                                       const at::Tensor& b,
+                                                                       const std::optional<at::Tensor>& gx_base) {
+  return project_backward(gh, gm, x, w, b, gx_base, nullptr, "grmseg_C::grm_project_backward (CPU)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_cpu(const at::Tensor& gh,
+                                                                            const at::Tensor& gm, const at::Tensor& x,
+                                                                            const at::Tensor& a, const at::Tensor& w,
+                                                                            const at::Tensor& b,
+                                                                            const std::optional<at::Tensor>& gx_base) {
+  return project_backward(gh, gm, x, w, b, gx_base, &a, "grmseg_C::grm_project_backward_kept (CPU)");
+}
+
 // ----------------------------------------------------------------------------------------- grm_reproject_forward
-at::Tensor grm_reproject_forward_cpu(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v) {
-  check_reproject_inputs(x, q, v, c10::DeviceType::CPU, "grmseg_C::grm_reproject_forward (CPU)");
+namespace {
+
+// y and (keep) the assignment a [B, K, P] in the accumulation type; a is empty without keep.
+std::tuple<at::Tensor, at::Tensor> reproject_forward(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v,
+                                                     bool keep, const char* who) {
+  check_reproject_inputs(x, q, v, c10::DeviceType::CPU, who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = q.size(1);
-  at::Tensor y = at::empty({B, C, P}, x.options());
-  if (B == 0 || C == 0 || P == 0) return y;
-  if (K == 0) return y.copy_(x);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  at::Tensor y = at::empty({B, C, P}, x.options());
+  at::Tensor a = at::empty(keep ? std::vector<int64_t>{B, K, P} : std::vector<int64_t>{0}, x.options().dtype(acc));
+  if (B == 0 || P == 0) return {y, a};
+  if (C == 0 || K == 0) {  // no scores: the softmax of K zeros (nothing when K = 0)
+    if (keep) a.fill_(K > 0 ? 1.0 / static_cast<double>(K) : 0.0);
+    return {y.copy_(x), a};
+  }
   const at::Tensor q_acc = acc_contiguous(q, acc);
   const at::Tensor vt = v.to(acc).transpose(1, 2).contiguous();  // [B, C, K]
   const cpu::GrmSplit split = make_split(B, C, P, K);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grm_reproject_forward_cpu", [&] {
     using acc_t = cpu::acc_type<scalar_t>;
-    const cpu::ReprojectForwardArgs<scalar_t> args{split, view<scalar_t>(x), q_acc.const_data_ptr<acc_t>(),
-                                                   vt.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>()};
+    const cpu::ReprojectForwardArgs<scalar_t> args{split,
+                                                   view<scalar_t>(x),
+                                                   q_acc.const_data_ptr<acc_t>(),
+                                                   vt.const_data_ptr<acc_t>(),
+                                                   y.mutable_data_ptr<scalar_t>(),
+                                                   keep ? a.mutable_data_ptr<acc_t>() : nullptr};
     run_tasks(args, B * split.chunks, GRMSEG_CPU_KERNELS(grm_kernels).get<scalar_t>().reproject_forward);
   });
-  return y;
+  return {y, a};
 }
 
-// ---------------------------------------------------------------------------------------- grm_reproject_backward
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cpu(const at::Tensor& gy, const at::Tensor& x,
-                                                                         const at::Tensor& q, const at::Tensor& v) {
-  const char* who = "grmseg_C::grm_reproject_backward (CPU)";
+// gx, gq, gv; with `a` (the kept assignment) A is read from it, else recomputed from q.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reproject_backward(const at::Tensor& gy, const at::Tensor& x,
+                                                                  const at::Tensor& q, const at::Tensor& v,
+                                                                  const at::Tensor* a, const char* who) {
   check_reproject_inputs(x, q, v, c10::DeviceType::CPU, who);
   check_reproject_grad(gy, x, who);
+  if (a != nullptr) check_assignment(*a, x, q.size(1), who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = q.size(1);
   at::Tensor gx = at::empty({B, C, P}, x.options());
   at::Tensor gq = at::empty({B, K, C}, q.options());
@@ -182,21 +241,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cpu(const 
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const at::Tensor q_acc = acc_contiguous(q, acc), v_acc = acc_contiguous(v, acc);
   const at::Tensor qt = q_acc.transpose(1, 2).contiguous();  // [B, C, K]
+  const at::Tensor a_c = a != nullptr ? a->contiguous() : at::Tensor();
   const cpu::GrmSplit split = make_split(B, C, P, K);
   const int64_t tasks = B * split.chunks;
   at::Tensor part_q = at::empty({tasks, C, K}, x.options().dtype(acc));
   at::Tensor part_v = at::empty({tasks, C, K}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grm_reproject_backward_cpu", [&] {
     using acc_t = cpu::acc_type<scalar_t>;
-    const cpu::ReprojectBackwardArgs<scalar_t> args{
-        split,           view<scalar_t>(x),          view<scalar_t>(gy),          q_acc.const_data_ptr<acc_t>(),
-        v_acc.const_data_ptr<acc_t>(), qt.const_data_ptr<acc_t>(), gx.mutable_data_ptr<scalar_t>(),
-        part_q.mutable_data_ptr<acc_t>(), part_v.mutable_data_ptr<acc_t>()};
+    const cpu::ReprojectBackwardArgs<scalar_t> args{split,
+                                                    view<scalar_t>(x),
+                                                    view<scalar_t>(gy),
+                                                    q_acc.const_data_ptr<acc_t>(),
+                                                    v_acc.const_data_ptr<acc_t>(),
+                                                    qt.const_data_ptr<acc_t>(),
+                                                    gx.mutable_data_ptr<scalar_t>(),
+                                                    part_q.mutable_data_ptr<acc_t>(),
+                                                    part_v.mutable_data_ptr<acc_t>(),
+                                                    a != nullptr ? a_c.const_data_ptr<acc_t>() : nullptr};
     run_tasks(args, tasks, GRMSEG_CPU_KERNELS(grm_kernels).get<scalar_t>().reproject_backward);
     sum_partials(args.gqt, B, split.chunks, K, C, gq.mutable_data_ptr<scalar_t>());
     sum_partials(args.gvt, B, split.chunks, K, C, gv.mutable_data_ptr<scalar_t>());
   });
   return {gx, gq, gv};
+}
+
+}  // namespace
+
+at::Tensor grm_reproject_forward_cpu(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v) {
+  return std::get<0>(reproject_forward(x, q, v, false, "grmseg_C::grm_reproject_forward (CPU)"));
+}
+
+std::tuple<at::Tensor, at::Tensor> grm_reproject_keep_forward_cpu(const at::Tensor& x, const at::Tensor& q,
+                                                                  const at::Tensor& v) {
+  return reproject_forward(x, q, v, true, "grmseg_C::grm_reproject_keep_forward (CPU)");
+}
+
+// ---------------------------------------------------------------------------------------- grm_reproject_backward
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cpu(const at::Tensor& gy, const at::Tensor& x,
+                                                                         const at::Tensor& q, const at::Tensor& v) {
+  return reproject_backward(gy, x, q, v, nullptr, "grmseg_C::grm_reproject_backward (CPU)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_cpu(const at::Tensor& gy,
+                                                                              const at::Tensor& x, const at::Tensor& a,
+                                                                              const at::Tensor& q,
+                                                                              const at::Tensor& v) {
+  return reproject_backward(gy, x, q, v, &a, "grmseg_C::grm_reproject_backward_kept (CPU)");
 }
 
 }  // namespace grmseg

@@ -2,6 +2,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 namespace grmseg {
@@ -15,6 +16,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at
                                                                        const at::Tensor& x, const at::Tensor& w,
                                                                        const at::Tensor& b,
     const std::optional<at::Tensor>& gx_base);
+// The *_keep forwards also return the assignment A [B, K, P] (accumulation dtype) that the *_kept backwards read
+// instead of recomputing it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_keep_forward_cpu(const at::Tensor& x, const at::Tensor& w,
+                                                                           const at::Tensor& b);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_cpu(const at::Tensor& gh,
+                                                                            const at::Tensor& gm, const at::Tensor& x,
+                                                                            const at::Tensor& a, const at::Tensor& w,
+                                                                            const at::Tensor& b,
+                                                                            const std::optional<at::Tensor>& gx_base);
+std::tuple<at::Tensor, at::Tensor> grm_reproject_keep_forward_cpu(const at::Tensor& x, const at::Tensor& q,
+                                                                  const at::Tensor& v);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_cpu(const at::Tensor& gy,
+                                                                              const at::Tensor& x, const at::Tensor& a,
+                                                                              const at::Tensor& q,
+                                                                              const at::Tensor& v);
 at::Tensor grm_reproject_forward_cpu(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cpu(const at::Tensor& gy, const at::Tensor& x,
                                                                          const at::Tensor& q, const at::Tensor& v);

@@ -52,6 +52,10 @@ class GRM(nn.Module):
         activation: GCN activation, ``"leaky_relu"`` (slope 0.2), ``"relu"`` or ``"none"``.
         eps: added to the vote mass before normalising the class centres.
         backend: op backend, ``"auto"`` or a name from ``grmseg.ops.BACKEND_NAMES``.
+        keep_assignment: keep the two ``[B, K, P]`` assignments (pixel -> node votes, node -> pixel attention)
+            from the forward for the backward where the backend can (the CPU kernels; see
+            :mod:`grmseg.ops.grm`): two products over the map fewer per step for ``2 K / C`` of the input's
+            memory (float32). False recomputes them in the backward.
 
     The layer computes in the dtype of its input: parameters are cast to it per call, so it runs in fp32,
     fp16 and bf16, under autocast, and with parameters kept in fp32 for mixed-precision training.
@@ -69,6 +73,7 @@ class GRM(nn.Module):
         activation: str = "leaky_relu",
         eps: float = 1e-6,
         backend: str = "auto",
+        keep_assignment: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_nodes", num_nodes), ("node_dim", node_dim),
@@ -80,6 +85,8 @@ class GRM(nn.Module):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
             raise ValueError(f"GRM: argument 'eps' must be a finite number > 0, got {eps!r}")
         check_backend_name(backend)
+        if not isinstance(keep_assignment, bool):
+            raise TypeError(f"GRM: argument 'keep_assignment' must be a bool, got {keep_assignment!r}")
         if isinstance(embeddings, str) and adjacency is None:
             adjacency = embeddings
         emb = _knowledge_tensor("embeddings", embeddings, num_nodes)
@@ -95,6 +102,7 @@ class GRM(nn.Module):
         self.in_channels, self.num_nodes = in_channels, num_nodes
         self.node_dim, self.key_dim = node_dim, key_dim
         self.activation, self.eps, self.backend = activation, float(eps), backend
+        self.keep_assignment = keep_assignment
 
         self.vote_weight = nn.Parameter(torch.empty(num_nodes, in_channels))
         self.vote_bias = nn.Parameter(torch.zeros(num_nodes))
@@ -139,7 +147,7 @@ class GRM(nn.Module):
         flat = x.flatten(2)
         # flat_tee: flat for the reprojection, so that its gradient is added inside grm_project's backward
         sums, mass, flat_tee = ops.grm_project_tee(flat, self.vote_weight.to(dt), self.vote_bias.to(dt),
-                                                   backend=self.backend)
+                                                   backend=self.backend, keep_assignment=self.keep_assignment)
         centres = sums / (mass.unsqueeze(-1) + self.eps)
         z = torch.matmul(centres, self.node_proj.to(dt))
         if self.embeddings is not None:
@@ -150,5 +158,6 @@ class GRM(nn.Module):
         scale = 1.0 / math.sqrt(self.key_dim)
         q = torch.matmul(torch.matmul(z, self.key_proj.to(dt)), self.query_proj.to(dt) * scale)
         v = torch.matmul(z, self.value_proj.to(dt))
-        y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=self.backend)
+        y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=self.backend,
+                              keep_assignment=self.keep_assignment)
         return y.view(bsz, c, h, w)

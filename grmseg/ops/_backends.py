@@ -11,7 +11,10 @@ A backend is a module under ``grmseg.ops.impl`` that defines
   backend still runs them).
 
 The kernel names and signatures are those of ``grmseg.reference`` with ``_forward`` appended to the forward
-functions (``grm_project_forward``, ``grm_project_backward``, ``grm_reproject_forward``, ...). Kernels get
+functions (``grm_project_forward``, ``grm_project_backward``, ``grm_reproject_forward``, ...). The keep variants
+(``grm_project_keep_forward`` / ``grm_project_backward_kept``, the same for ``grm_reproject``, see
+``KEEP_VARIANTS``) also return or read the ``[B, K, P]`` assignment; the op layer uses them only where one backend
+runs both (:func:`keeps_assignment`). Kernels get
 validated tensors (possibly non-contiguous) and return contiguous outputs in the input dtype.
 
 Selection happens at run time inside the registered ``torch.library`` ops, so ``torch.compile`` never traces
@@ -38,6 +41,10 @@ KERNEL_NAMES = (
     "grm_project_backward",
     "grm_reproject_forward",
     "grm_reproject_backward",
+    "grm_project_keep_forward",
+    "grm_project_backward_kept",
+    "grm_reproject_keep_forward",
+    "grm_reproject_backward_kept",
     "graph_conv_forward",
     "graph_conv_backward",
     "cam_forward",
@@ -46,6 +53,13 @@ KERNEL_NAMES = (
     "random_walk_forward",
     "dense_crf_forward",
 )
+#: The kernels that keep the ``[B, K, P]`` assignment for backward, by the kernel they stand in for.
+KEEP_VARIANTS = {
+    "grm_project_forward": "grm_project_keep_forward",
+    "grm_project_backward": "grm_project_backward_kept",
+    "grm_reproject_forward": "grm_reproject_keep_forward",
+    "grm_reproject_backward": "grm_reproject_backward_kept",
+}
 ENV_VAR = "GRMSEG_BACKEND"
 _PREFERENCE = {"cuda": ("triton", "csrc", "reference"), "cpu": ("csrc", "reference")}
 _DEVICE_TYPES = ("cpu", "cuda")
@@ -158,6 +172,19 @@ def selected(kernel: str, device: torch.device | str, backend: str = "auto") -> 
     if kernel not in KERNEL_NAMES:
         raise ValueError(f"unknown kernel {kernel!r}; kernels are {sorted(KERNEL_NAMES)}")
     return _resolve(kernel, torch.device(device).type, _requested(backend))
+
+
+@torch.compiler.assume_constant_result
+def keeps_assignment(op: str, device_type: str, backend: str = "auto") -> bool:
+    """Whether ``op`` (``"grm_project"`` or ``"grm_reproject"``) keeps its assignment for backward on
+    ``device_type``: the backend that would run its forward and backward kernels also runs their keep variants
+    (the CPU kernels and the reference do; the Triton and CUDA kernels recompute it). A constant under
+    ``torch.compile``: decided when the graph is traced."""
+    requested = _requested(backend)
+    for plain in (f"{op}_forward", f"{op}_backward"):
+        if _resolve(plain, device_type, requested) != _resolve(KEEP_VARIANTS[plain], device_type, requested):
+            return False
+    return True
 
 
 def kernel(name: str, device: torch.device, backend: str) -> Callable:

@@ -2,7 +2,9 @@
 
 Each op is a ``torch.library.custom_op`` in the ``grmseg`` namespace whose body picks the backend kernel at
 run time, so ``torch.compile(fullgraph=True)`` keeps it as one opaque node. The differentiable ops save only
-their inputs (and, for graph_conv, the small output) and recompute the ``[B, K, P]`` assignment in backward.
+their inputs (and, for graph_conv, the small output) and recompute the ``[B, K, P]`` assignment in backward;
+the ``*_keep`` variants of grm_project and grm_reproject also save that assignment, computed by their forward,
+and their backward reads it (see ``grmseg.ops.grm``, ``keep_assignment``).
 The trailing ``backend`` string is ``"auto"`` or a backend name (see ``grmseg.ops._backends``).
 """
 
@@ -69,20 +71,79 @@ def _project_bwd(ctx, gh, gm):
 grm_project.register_autograd(_project_bwd, setup_context=_project_setup)
 
 
+def _assignment_like(x: Tensor, k: int) -> Tensor:
+    """An empty ``[B, K, P]`` assignment for ``x [B, C, P]``, in the accumulation dtype (fake functions)."""
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return x.new_empty(x.shape[0], k, x.shape[2], dtype=acc)
+
+
+@torch.library.custom_op("grmseg::grm_project_keep", mutates_args=())
+def grm_project_keep(x: Tensor, w: Tensor, b: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _run("grm_project_keep_forward", x.device, backend, x, w, b)
+
+
+@grm_project_keep.register_fake
+def _(x, w, b, backend):
+    bsz, c, _ = x.shape
+    k = w.shape[0]
+    return x.new_empty(bsz, k, c), x.new_empty(bsz, k), _assignment_like(x, k)
+
+
+@torch.library.custom_op("grmseg::grm_project_backward_kept", mutates_args=())
+def grm_project_backward_kept(
+    gh: Tensor, gm: Tensor, x: Tensor, a: Tensor, w: Tensor, b: Tensor, gx_base: Optional[Tensor], backend: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _run("grm_project_backward_kept", x.device, backend, gh, gm, x, a, w, b, gx_base)
+
+
+@grm_project_backward_kept.register_fake
+def _(gh, gm, x, a, w, b, gx_base, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), w.new_empty(w.shape), b.new_empty(b.shape)
+
+
+def _project_keep_setup(ctx, inputs, output):
+    x, w, b, backend = inputs
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(x, w, b, output[2])
+    ctx.backend = backend
+
+
+def _project_keep_grads(ctx, gh, gm, gx_base):
+    """grm_project's gradients from the context saved by _project_keep_setup (x, w, b, a), gx_base added to gx."""
+    x, w, b, a = ctx.saved_tensors
+    base = None if gx_base is None else gx_base.to(x.dtype)
+    gx, gw, gb = grm_project_backward_kept(gh.to(x.dtype), gm.to(x.dtype), x, a, w, b, base, ctx.backend)
+    return gx, gw, gb, None
+
+
+def _project_keep_bwd(ctx, gh, gm, ga):
+    return _project_keep_grads(ctx, gh, gm, None)
+
+
+grm_project_keep.register_autograd(_project_keep_bwd, setup_context=_project_keep_setup)
+
+
 class GrmProjectTee(torch.autograd.Function):
     """``grm_project`` that also hands ``x`` on as a view, ``x_tee``: the gradient that reaches ``x`` through
     ``x_tee`` is added inside ``grm_project``'s backward (the CPU kernel adds it in its last product) instead of
-    by autograd in a separate pass over the map. Forward: ``(x, w, b, backend) -> (h, m, x_tee)``."""
+    by autograd in a separate pass over the map. Forward: ``(x, w, b, backend, keep) -> (h, m, x_tee)``; with
+    ``keep``, through ``grm_project_keep`` (the assignment saved for backward)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-        h, m = grm_project(x, w, b, backend)
-        _project_setup(ctx, (x, w, b, backend), (h, m))
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor, backend: str, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.keep = keep
+        if keep:
+            h, m, a = grm_project_keep(x, w, b, backend)
+            _project_keep_setup(ctx, (x, w, b, backend), (h, m, a))
+        else:
+            h, m = grm_project(x, w, b, backend)
+            _project_setup(ctx, (x, w, b, backend), (h, m))
         return h, m, x.view_as(x)
 
     @staticmethod
-    def backward(ctx, gh: Tensor, gm: Tensor, gx_tee: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        return _project_grads(ctx, gh, gm, gx_tee)
+    def backward(ctx, gh: Tensor, gm: Tensor, gx_tee: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+        grads = _project_keep_grads(ctx, gh, gm, gx_tee) if ctx.keep else _project_grads(ctx, gh, gm, gx_tee)
+        return (*grads, None)
 
 
 # -------------------------------------------------------------------------------------------- grm_reproject
@@ -119,6 +180,44 @@ def _reproject_bwd(ctx, gy):
 
 
 grm_reproject.register_autograd(_reproject_bwd, setup_context=_reproject_setup)
+
+
+@torch.library.custom_op("grmseg::grm_reproject_keep", mutates_args=())
+def grm_reproject_keep(x: Tensor, q: Tensor, v: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    return _run("grm_reproject_keep_forward", x.device, backend, x, q, v)
+
+
+@grm_reproject_keep.register_fake
+def _(x, q, v, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), _assignment_like(x, q.shape[1])
+
+
+@torch.library.custom_op("grmseg::grm_reproject_backward_kept", mutates_args=())
+def grm_reproject_backward_kept(
+    gy: Tensor, x: Tensor, a: Tensor, q: Tensor, v: Tensor, backend: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _run("grm_reproject_backward_kept", x.device, backend, gy, x, a, q, v)
+
+
+@grm_reproject_backward_kept.register_fake
+def _(gy, x, a, q, v, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), q.new_empty(q.shape), v.new_empty(v.shape)
+
+
+def _reproject_keep_setup(ctx, inputs, output):
+    x, q, v, backend = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, output[1], q, v)
+    ctx.backend = backend
+
+
+def _reproject_keep_bwd(ctx, gy, ga):
+    x, a, q, v = ctx.saved_tensors
+    gx, gq, gv = grm_reproject_backward_kept(gy.to(x.dtype), x, a, q, v, ctx.backend)
+    return gx, gq, gv, None
+
+
+grm_reproject_keep.register_autograd(_reproject_keep_bwd, setup_context=_reproject_keep_setup)
 
 
 # ----------------------------------------------------------------------------------------------- graph_conv

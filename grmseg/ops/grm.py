@@ -1,15 +1,38 @@
-"""Public GRM ops: pixel-to-node projection and node-to-pixel reprojection."""
+"""Public GRM ops: pixel-to-node projection and node-to-pixel reprojection.
+
+Both compute a ``[B, K, P]`` assignment (a softmax over the K nodes per pixel) that their backward needs again.
+With ``keep_assignment=True`` (the default) the forward keeps it for the backward, which then reads it instead
+of recomputing it: one product over the map and one softmax fewer per op, for ``K / C`` of ``x``'s memory in the
+accumulation dtype (float32 for half inputs) while the graph lives. It is kept where the backend that runs the op
+has kernels that keep it: the CPU kernels (whose time the products bound) and the reference. The Triton and CUDA
+kernels always recompute it, as flash attention does (memory traffic bounds them), and nothing is kept when no
+input requires grad. ``keep_assignment=False`` recomputes everywhere (the least memory).
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from grmseg.ops import _library
+from grmseg.ops import _backends, _library
 from grmseg.ops import _validate as check
 from grmseg.ops._backends import check_backend_name
 
 
-def grm_project(x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def _keeps(op: str, keep_assignment: bool, backend: str, x: Tensor, *others: Tensor) -> bool:
+    """Whether this call of ``op`` keeps its assignment for backward (see the module docstring)."""
+    if not isinstance(keep_assignment, bool):
+        raise TypeError(f"{op}: argument 'keep_assignment' must be a bool, got {type(keep_assignment).__name__}")
+    if not keep_assignment or not torch.is_grad_enabled():
+        return False
+    if not (x.requires_grad or any(t.requires_grad for t in others)):
+        return False
+    return _backends.keeps_assignment(op, x.device.type, backend)
+
+
+def grm_project(
+    x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto", keep_assignment: bool = True
+) -> tuple[Tensor, Tensor]:
     """Pixel-to-node voting: ``a = softmax_K(w x + b)``, ``h = a x^T``, ``m = sum_p a``.
 
     Args:
@@ -17,16 +40,23 @@ def grm_project(x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto") -> tu
         w: ``[K, C]`` voting weights.  b: ``[K]`` voting bias.  Same dtype and device as ``x``.
         backend: ``"auto"`` (``$GRMSEG_BACKEND`` or the fastest available), ``"reference"``, ``"triton"``
             or ``"csrc"``.
+        keep_assignment: keep ``a [B, K, P]`` for the backward where the backend can (CPU kernels, reference)
+            instead of recomputing it (see :mod:`grmseg.ops.grm`).
 
     Returns:
         ``h [B, K, C]`` (vote-weighted feature sums) and ``m [B, K]`` (vote mass), in the dtype of ``x``.
-        Accumulation is fp32 for half inputs; nothing of size ``[B, K, P]`` is kept for backward.
+        Accumulation is fp32 for half inputs.
     """
     _check_project("grm_project", x, w, b, backend)
+    if _keeps("grm_project", keep_assignment, backend, x, w, b):
+        h, m, _ = _library.grm_project_keep(x, w, b, backend)
+        return h, m
     return _library.grm_project(x, w, b, backend)
 
 
-def grm_project_tee(x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+def grm_project_tee(
+    x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto", keep_assignment: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`grm_project` that also hands ``x`` on: ``(h, m, x_tee)``, ``x_tee`` a view of ``x``.
 
     Use ``x_tee`` wherever ``x`` is used again (``grmseg.GRM`` reprojects it): the gradient reaching ``x``
@@ -36,13 +66,14 @@ def grm_project_tee(x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto") -
     used twice.
 
     Args:
-        x, w, b, backend: as for :func:`grm_project`.
+        x, w, b, backend, keep_assignment: as for :func:`grm_project`.
 
     Returns:
         ``h [B, K, C]``, ``m [B, K]`` as :func:`grm_project`, and ``x_tee [B, C, P]`` (``x`` itself, as a view).
     """
     _check_project("grm_project_tee", x, w, b, backend)
-    return _library.GrmProjectTee.apply(x, w, b, backend)
+    keep = _keeps("grm_project", keep_assignment, backend, x, w, b)
+    return _library.GrmProjectTee.apply(x, w, b, backend, keep)
 
 
 def _check_project(op: str, x: Tensor, w: Tensor, b: Tensor, backend: str) -> None:
@@ -58,13 +89,17 @@ def _check_project(op: str, x: Tensor, w: Tensor, b: Tensor, backend: str) -> No
     check_backend_name(backend)
 
 
-def grm_reproject(x: Tensor, q: Tensor, v: Tensor, *, backend: str = "auto") -> Tensor:
+def grm_reproject(
+    x: Tensor, q: Tensor, v: Tensor, *, backend: str = "auto", keep_assignment: bool = True
+) -> Tensor:
     """Node-to-pixel mapping with the residual fused: ``y = x + v^T softmax_K(q x)``.
 
     Args:
         x: ``[B, C, P]`` pixel features.
         q: ``[B, K, C]`` node keys (scale already folded in).  v: ``[B, K, C]`` node values.
         backend: as for :func:`grm_project`.
+        keep_assignment: keep ``softmax_K(q x) [B, K, P]`` for the backward where the backend can (see
+            :mod:`grmseg.ops.grm`).
 
     Returns:
         ``y [B, C, P]`` in the dtype of ``x``.
@@ -83,4 +118,6 @@ def grm_reproject(x: Tensor, q: Tensor, v: Tensor, *, backend: str = "auto") -> 
     check.same_dtype(op, "x", x, q=q, v=v)
     check.same_device(op, "x", x, q=q, v=v)
     check_backend_name(backend)
+    if _keeps(op, keep_assignment, backend, x, q, v):
+        return _library.grm_reproject_keep(x, q, v, backend)[0]
     return _library.grm_reproject(x, q, v, backend)

@@ -8,6 +8,9 @@
 //   grm_reproject forward   E = Q X;  A = softmax_K(E);  y = X + V^T A
 //   grm_reproject backward  E = Q X;  A = softmax_K(E);  GA = V GY;  gv += A GY^T;
 //                           GE = A * (GA - colsum(A * GA));  gq += GE X^T;  gx = GY + Q^T GE
+// With the assignment pointer set, the forwards also store A ([B, K, P], acc type) and the backwards read it
+// instead of recomputing it (grm_project backward then multiplies X by GH alone, K rows instead of 2K; grm_reproject
+// backward skips E = Q X and its softmax).
 // The products are gemm_nn (reduction over C or K: broadcasts of the small matrix against pixel vectors) and
 // gemm_nt (reduction over the tile's pixels, with horizontal sums per tile; the [K, C] partials are kept
 // transposed, [C, K]), both register-blocked in csrc/cpu/kernels/gemm.h; the tiles are copied into buffers with a
@@ -120,6 +123,18 @@ void product_to_map(int64_t C, int64_t kd, const acc_t* a, const acc_t* b, const
   }
 }
 
+// Tile t of the assignment a ([B, K, P], acc type) into buf (K rows of stride ld, zero-padded to t.nc columns),
+// and back.
+template <typename acc_t>
+void load_assignment_tile(const acc_t* a, int64_t K, int64_t P, const Tile& t, acc_t* buf, int64_t ld) {
+  load_tile<acc_t, acc_t>(a + t.bi * K * P, P, 1, K, t.p0, t.np, t.nc, buf, ld);
+}
+
+template <typename acc_t>
+void store_assignment_tile(const acc_t* buf, int64_t ld, acc_t* a, int64_t K, int64_t P, const Tile& t) {
+  store_tile<acc_t, acc_t>(buf, ld, a + t.bi * K * P, P, t.p0, K, t.np);
+}
+
 // Calls on_tile(tile) for every tile of every task in [begin, end), after on_task(task, image) for each task.
 template <typename acc_t, typename OnTask, typename OnTile>
 void for_each_tile(const GrmSplit& s, int64_t begin, int64_t end, const OnTask& on_task, const OnTile& on_tile) {
@@ -151,6 +166,7 @@ void project_forward(const ProjectForwardArgs<T>& a, int64_t begin, int64_t end)
     fill_rows(S, K, ld, t.nc, a.b);
     gemm_nn<acc_t>(K, t.nc, C, a.w, C, 1, X, ld, S, ld, S, ld);  // S = W X + b
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                 // A
+    if (a.a != nullptr) store_assignment_tile(S, ld, a.a, K, s.P, t);
     for (int64_t k = 0; k < K; ++k) m[k] += sum_vec<acc_t>(S + k * ld, t.nc);
     gemm_nt<acc_t>(K, C, t.nc, S, ld, X, ld, ht, K, next_tile(a.x, s, t.bi, t.p0));  // h^T += X A^T
   });
@@ -172,14 +188,21 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     gwt = zeroed_slot(a.gwt, task, C * K);
     gb = zeroed_slot(a.gb, task, K);
   };
+  const bool kept = a.a != nullptr;
+  const int64_t nw = kept ? K : 2 * K;  // rows of wg and bg per batch element
+  acc_t* Zw = kept ? G : Z;             // where their product goes
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
-    const acc_t* wg = a.wg + t.bi * 2 * K * C;
+    const acc_t* wg = a.wg + t.bi * nw * C;
     const acc_t* nt = a.nt + t.bi * C * 2 * K;
     load_map_tile<T>(a.x, C, t, X);
-    fill_rows(Z, 2 * K, ld, t.nc, a.bg + t.bi * 2 * K);
-    gemm_nn<acc_t>(2 * K, t.nc, C, wg, C, 1, X, ld, Z, ld, Z, ld);  // [S; G] = [W; GH] X + [b; gm]
-    softmax_columns<acc_t>(Z, K, ld, t.nc, t.np);                    // A
-    softmax_backward_columns<acc_t>(Z, G, K, ld, t.nc);              // GS
+    fill_rows(Zw, nw, ld, t.nc, a.bg + t.bi * nw);
+    gemm_nn<acc_t>(nw, t.nc, C, wg, C, 1, X, ld, Zw, ld, Zw, ld);  // [S; G] = [W; GH] X + [b; gm] (kept: G only)
+    if (kept) {
+      load_assignment_tile(a.a, K, P, t, Z, ld);  // A
+    } else {
+      softmax_columns<acc_t>(Z, K, ld, t.nc, t.np);  // A
+    }
+    softmax_backward_columns<acc_t>(Z, G, K, ld, t.nc);  // GS
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K, this_tile(a.gx_base, t));  // gw^T += X GS^T
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
     // gx = [gx_base +] [GH^T W^T] [A; GS], straight to gx when it can be, else through X; gx_base read in place
@@ -214,6 +237,7 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
     load_map_tile<T>(a.x, C, t, X);
     gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, X, ld, nullptr, 0, S, ld);  // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
+    if (a.a != nullptr) store_assignment_tile(S, ld, a.a, K, P, t);
     // y = X + V^T A, straight to y when it can be, else in place in X
     product_to_map<T, acc_t>(C, K, a.vt + t.bi * C * K, S, X, ld, X, ld, a.y + t.bi * C * P, P, t, stream,
                              next_tile(a.x, s, t.bi, t.p0));
@@ -241,8 +265,12 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
     const acc_t* q = a.q + t.bi * K * C;
     load_map_tile<T>(a.x, C, t, X);
     load_map_tile<T>(a.gy, C, t, GY);
-    gemm_nn<acc_t>(K, t.nc, C, q, C, 1, X, ld, nullptr, 0, S, ld);                        // E = Q X
-    softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                          // A
+    if (a.a != nullptr) {
+      load_assignment_tile(a.a, K, P, t, S, ld);                                           // A (kept)
+    } else {
+      gemm_nn<acc_t>(K, t.nc, C, q, C, 1, X, ld, nullptr, 0, S, ld);                      // E = Q X
+      softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                        // A
+    }
     gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, GY, ld, nullptr, 0, G, ld);      // GA = V GY
     gemm_nt<acc_t>(K, C, t.nc, S, ld, GY, ld, gvt, K, next_tile(a.gy, s, t.bi, t.p0));    // gv^T += GY A^T
     softmax_backward_columns<acc_t>(S, G, K, ld, t.nc);                                    // GE

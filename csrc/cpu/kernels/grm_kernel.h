@@ -5,6 +5,8 @@
 // A call is split into tasks = (batch element, pixel chunk), B * chunks of them, chunk_px pixels each (the last
 // chunk of an image shorter); a kernel runs tasks [begin, end) and writes each task's own [K, C] partial sums,
 // which the glue adds up in a fixed order. The [K, C] partials are stored transposed, [C, K]. Inside a chunk, pixels go in tiles of kGrmTile.
+// The *_keep forwards also write the assignment A [B, K, P] (acc type, contiguous) that their *_kept backwards
+// then read instead of recomputing it: the same kernels, with the assignment pointer set.
 #pragma once
 
 #include <cstdint>
@@ -30,20 +32,23 @@ struct ProjectForwardArgs {
   const acc_type<T>* b;
   acc_type<T>* ht;  // [tasks, C, K]
   acc_type<T>* m;  // [tasks, K]
+  acc_type<T>* a = nullptr;  // [B, K, P]: the assignment, written when not null
 };
 
-// gx [B, C, P] (contiguous; plus gx_base when given) and each task's gw [K, C] (transposed), gb [K].
+// gx [B, C, P] (contiguous; plus gx_base when given) and each task's gw [K, C] (transposed), gb [K]. With the
+// assignment a given, wg and bg hold gh and gm alone ([B, K, C], [B, K]) and A is read from a.
 template <typename T>
 struct ProjectBackwardArgs {
   GrmSplit s;
   MapView<T> x;
-  const acc_type<T>* wg;  // [B, 2K, C]: w, then gh of the batch element
-  const acc_type<T>* bg;  // [B, 2K]: b, then gm
+  const acc_type<T>* wg;  // [B, 2K, C]: w, then gh of the batch element (a given: [B, K, C], gh)
+  const acc_type<T>* bg;  // [B, 2K]: b, then gm (a given: [B, K], gm)
   const acc_type<T>* nt;  // [B, C, 2K]: gh^T next to w^T
   MapView<T> gx_base;     // added to gx (any strides); data null: nothing
   T* gx;
   acc_type<T>* gwt;  // [tasks, C, K]
   acc_type<T>* gb;  // [tasks, K]
+  const acc_type<T>* a = nullptr;  // [B, K, P]: the kept assignment, or null (recomputed)
 };
 
 // y [B, C, P] (contiguous) = x + v^T softmax_K(q x).
@@ -54,6 +59,7 @@ struct ReprojectForwardArgs {
   const acc_type<T>* q;   // [B, K, C]
   const acc_type<T>* vt;  // [B, C, K]
   T* y;
+  acc_type<T>* a = nullptr;  // [B, K, P]: the assignment, written when not null
 };
 
 // gx [B, C, P] (contiguous) and each task's gq, gv [K, C] (transposed).
@@ -67,6 +73,7 @@ struct ReprojectBackwardArgs {
   T* gx;
   acc_type<T>* gqt;  // [tasks, C, K]
   acc_type<T>* gvt;  // [tasks, C, K]
+  const acc_type<T>* a = nullptr;  // [B, K, P]: the kept assignment, or null (recomputed)
 };
 
 template <typename T>

@@ -48,7 +48,9 @@ def _not_auto() -> dict[str, frozenset[str]]:
             slower = slower | SLOWER_AT_X86_BASELINE
         if levels and level != levels[-1]:
             slower = slower | SLOWER_BELOW_CPU_BEST
-    return {"cpu": slower}
+    # a kernel's keep variant (the same kernel, also storing or reading the assignment) follows it
+    slower = slower | {_backends.KEEP_VARIANTS[k] for k in slower if k in _backends.KEEP_VARIANTS}
+    return {"cpu": frozenset(slower)}
 
 
 #: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks;
@@ -136,6 +138,28 @@ def grm_reproject_backward(gy: Tensor, x: Tensor, q: Tensor, v: Tensor) -> tuple
     if _nvrtc(x):
         return cupy_nvrtc.grm_reproject_backward(gy, x, q, v)
     return _ops().grm_reproject_backward(gy, x, q, v)
+
+
+def grm_project_keep_forward(x: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``h, m`` of ``grm_project`` and its assignment ``a [B, K, P]`` (accumulation dtype; CPU kernels)."""
+    return _ops().grm_project_keep_forward(x, w, b)
+
+
+def grm_project_backward_kept(
+    gh: Tensor, gm: Tensor, x: Tensor, a: Tensor, w: Tensor, b: Tensor, gx_base: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``gx, gw, gb`` of ``grm_project`` from the kept assignment ``a`` (CPU kernels)."""
+    return _ops().grm_project_backward_kept(gh, gm, x, a, w, b, gx_base)
+
+
+def grm_reproject_keep_forward(x: Tensor, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``y`` of ``grm_reproject`` and its assignment ``a [B, K, P]`` (accumulation dtype; CPU kernels)."""
+    return _ops().grm_reproject_keep_forward(x, q, v)
+
+
+def grm_reproject_backward_kept(gy: Tensor, x: Tensor, a: Tensor, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``gx, gq, gv`` of ``grm_reproject`` from the kept assignment ``a`` (CPU kernels)."""
+    return _ops().grm_reproject_backward_kept(gy, x, a, q, v)
 
 
 def graph_conv_forward(
