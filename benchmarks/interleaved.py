@@ -5,12 +5,15 @@ other (the main harness) compare different machines. Here every round times the 
 (for ``of sgemm``) one 1024^3 sgemm, in alternating order, so each ratio compares calls made within a fraction of
 a second of each other; the table gives the medians over the rounds (times and per-round ratios).
 Cases: the CPU size set (:mod:`benchmarks.cases`), fp32, at every thread count given; the dense reference random
-walk only where it fits ``--dense-max-pixels`` (it takes seconds a call).
+walk only where it fits ``--dense-max-pixels`` (it takes seconds a call). With ``--recompute``, the GRM layer is
+also timed with ``keep_assignment=False`` in the same rounds (``recompute ms``, and ``keep gain``: the median
+per-round ratio of the two csrc times).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import statistics
@@ -34,11 +37,19 @@ def _once(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _recomputing(case: Any, inputs: dict[str, Any]) -> Callable[[], Any]:
+    """The GRM layer case's csrc step with the layer's assignments recomputed (``keep_assignment=False``)."""
+    module = copy.deepcopy(inputs["module"])
+    module.keep_assignment = False
+    return prov.build(case, CSRC, {**inputs, "module": module}).timed
+
+
 def compare(
     ops: Sequence[str] | None, threads: Sequence[int], rounds: int, sizes: str = "cpu", dense_max_pixels: int = 32 * 32,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, recompute: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows of ``{op, phase, shape, threads, ref_ms, csrc_ms, ratio, of_sgemm}`` (medians over ``rounds``)."""
+    """Rows of ``{op, phase, shape, threads, ref_ms, csrc_ms, ratio, of_sgemm}`` (medians over ``rounds``); with
+    ``recompute``, the GRM layer's rows also have ``recompute_ms`` and ``keep_gain``."""
     device = torch.device("cpu")
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     out = []
@@ -52,14 +63,15 @@ def compare(
             torch.set_num_threads(t)
             ref = prov.build(case, REF, inputs).timed if dense else None
             ours = prov.build(case, CSRC, inputs).timed
-            for fn in (ref, ours):
+            again = _recomputing(case, inputs) if recompute and case.op.name == "grm_layer" else None
+            for fn in (ref, ours, again):
                 if fn is not None:
                     fn()
-            times: dict[str, list[float]] = {"ref": [], "csrc": [], "sgemm": []}
+            times: dict[str, list[float]] = {"ref": [], "csrc": [], "sgemm": [], "recompute": []}
             gc.disable()
             try:
                 for i in range(rounds):
-                    order = [("ref", ref), ("csrc", ours), ("sgemm", lambda: torch.mm(a, b))]
+                    order = [("ref", ref), ("csrc", ours), ("recompute", again), ("sgemm", lambda: torch.mm(a, b))]
                     for name, fn in order if i % 2 == 0 else order[::-1]:
                         if fn is not None:
                             times[name].append(_once(fn))
@@ -74,8 +86,17 @@ def compare(
             if ref is not None:
                 row["ref_ms"] = statistics.median(times["ref"])
                 row["ratio"] = statistics.median(r / c for r, c in zip(times["ref"], times["csrc"], strict=True))
+            if again is not None:
+                row["recompute_ms"] = statistics.median(times["recompute"])
+                row["keep_gain"] = statistics.median(
+                    r / c for r, c in zip(times["recompute"], times["csrc"], strict=True))
+                if ref is not None:
+                    row["recompute_ratio"] = statistics.median(
+                        r / c for r, c in zip(times["ref"], times["recompute"], strict=True))
             out.append(row)
             ratio = f" ratio {row['ratio']:.2f}x" if "ratio" in row else ""
+            if "keep_gain" in row:
+                ratio += f" (recompute {row['recompute_ms']:.4g} ms, keep gain {row['keep_gain']:.2f}x)"
             log(f"{case.op.name} {case.phase} {case.shape} {t}t: csrc {row['csrc_ms']:.4g} ms{ratio}"
                 f" of sgemm {row['of_sgemm']:.2f}")
         del inputs
@@ -83,14 +104,23 @@ def compare(
 
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a Markdown table."""
-    lines = ["| op | phase | shape | threads | reference ms | csrc ms | csrc vs ref (median ratio) | csrc of sgemm |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    """The rows as a Markdown table (with the recompute columns when a row has them)."""
+    extra = any("keep_gain" in r for r in rows)
+    head = "| op | phase | shape | threads | reference ms | csrc ms | csrc vs ref (median ratio) | csrc of sgemm |"
+    lines = [head + (" csrc recompute ms | recompute vs ref | keep gain |" if extra else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if extra else "")]
     for r in rows:
         ref = f"{r['ref_ms']:.4g}" if "ref_ms" in r else "not run (dense)"
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
-        lines.append(f"| {r['op']} | {r['phase']} | {r['shape']} | {r['threads']} | {ref} | {r['csrc_ms']:.4g} | "
-                     f"{ratio} | {r['of_sgemm']:.2f} |")
+        line = (f"| {r['op']} | {r['phase']} | {r['shape']} | {r['threads']} | {ref} | {r['csrc_ms']:.4g} | "
+                f"{ratio} | {r['of_sgemm']:.2f} |")
+        if extra:
+            if "keep_gain" in r:
+                rr = f"{r['recompute_ratio']:.2f}x" if "recompute_ratio" in r else ""
+                line += f" {r['recompute_ms']:.4g} | {rr} | {r['keep_gain']:.2f}x |"
+            else:
+                line += "  |  |  |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -106,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
                    help="'retain' (default): glibc malloc reuses freed memory (see benchmarks.machine."
                         "retain_freed_memory); 'default': the allocator as it is")
+    p.add_argument("--recompute", action="store_true",
+                   help="also time the GRM layer with keep_assignment=False in the same rounds")
     p.add_argument("--out", help="write DIR/interleaved.json and DIR/interleaved.md")
     a = p.parse_args(argv)
     malloc = retain_freed_memory() if a.malloc == "retain" else None
@@ -117,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        "local_affinity", "boundary_affinity", "random_walk",
                                                        "grm_layer")]
     threads = [int(t) for t in a.threads.split(",")]
-    rows = compare(ops, threads, a.rounds, a.sizes, a.dense_max_pixels)
+    rows = compare(ops, threads, a.rounds, a.sizes, a.dense_max_pixels, recompute=a.recompute)
     md = format_markdown(rows)
     print(md)
     if a.out:

@@ -219,3 +219,6 @@ def test_interleaved_rows_on_quick_sizes():
     assert "| cam | fwd |" in interleaved.format_markdown(rows)
     rows = interleaved.compare(["random_walk"], [1], rounds=1, sizes="quick", dense_max_pixels=1, log=lambda s: None)
     assert "ref_ms" not in rows[0] and "not run (dense)" in interleaved.format_markdown(rows)
+    rows = interleaved.compare(["grm_layer"], [1], rounds=2, sizes="quick", log=lambda s: None, recompute=True)
+    assert rows[0]["recompute_ms"] > 0 and rows[0]["keep_gain"] > 0 and rows[0]["recompute_ratio"] > 0
+    assert "keep gain" in interleaved.format_markdown(rows)
