@@ -54,6 +54,8 @@
 namespace grmseg {
 namespace {
 
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 struct Geometry {
   // R: border rows above; L: border columns (R rounded up to a cache line, so that pixel (y, 0) is line-aligned);
   // S: row stride of the padded state, Hp: its rows, XB, MR: the pass kernel's pixel block and row block, RB: the
@@ -189,10 +191,10 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
   g.W = cam.size(3);
   g.R = radius - 1;
   const int64_t line = 64 / static_cast<int64_t>(acc_type == at::kDouble ? sizeof(double) : sizeof(float));
-  g.L = (g.R + line - 1) / line * line;
-  g.Wr = (g.W + xb - 1) / xb * xb;
+  g.L = ceil_div(g.R, line) * line;
+  g.Wr = ceil_div(g.W, xb) * xb;
   g.MR = mr;
-  g.RB = (g.H + mr - 1) / mr;
+  g.RB = ceil_div(g.H, mr);
   g.Hp = g.H + 2 * g.R + mr - 1;
   g.S = g.Wr + 2 * g.L;
   g.NN = 2 * static_cast<int64_t>(offs.size()) + 1;
@@ -221,12 +223,9 @@ at::Tensor random_walk_forward_cpu(const at::Tensor& cam, const at::Tensor& aff,
     using acc_t = scalar_t;
     walk_weights<acc_t>(a.const_data_ptr<acc_t>(), wts.mutable_data_ptr<acc_t>(), g, offs, sched,
                         static_cast<acc_t>(beta));
-    const cpu::WalkArgs<acc_t> args{g.K,           g.H,
-                                    g.Wr,          g.S,
-                                    g.R,           g.L,
-                                    g.plane(),     sched.shifts.data(),
-                                    sched.groups.data(), sched.vectors,
-                                    wave_bytes(),  wts.const_data_ptr<acc_t>()};
+    const cpu::WalkArgs<acc_t> args{g.K, g.H, g.Wr, g.S, g.R, g.L, g.plane(), g.RB,
+                                    sched.shifts.data(), sched.groups.data(), sched.vectors, wave_bytes(),
+                                    wts.const_data_ptr<acc_t>()};
     const auto& fns = kernels.get<acc_t>();
     acc_t* bufs[2] = {ping.mutable_data_ptr<acc_t>(), pong.mutable_data_ptr<acc_t>()};
     if (by_class) {

@@ -37,8 +37,6 @@ static_assert(kWalkRows >= 1 && kWalkRows <= kMaxWalkRows);
 template <typename T>
 constexpr int64_t kXBlock = kVL<T>;
 
-// Row blocks of a map of H rows: rows [kWalkRows j, kWalkRows (j + 1)), the last one short.
-constexpr int64_t row_blocks(int64_t H) { return (H + kWalkRows - 1) / kWalkRows; }
 
 // Loads p[0 .. VL) into a register that the compiler keeps: left to itself, it folds the load into each FMA that
 // uses it, as a memory operand, which loads it again for every row.
@@ -139,7 +137,7 @@ void row_block(const WalkArgs<T>& a, const T* src, T* dst, int64_t bi, int64_t k
   constexpr int64_t XB = kXBlock<T>;
   const int64_t nblk = a.Wr / XB, block_weights = a.vectors * XB;
   const int64_t rows = std::min<int64_t>(kWalkRows, a.H - y);
-  const T* wy = a.wts + (bi * row_blocks(a.H) + y / kWalkRows) * nblk * block_weights;
+  const T* wy = a.wts + (bi * a.row_blocks + y / kWalkRows) * nblk * block_weights;
   const int64_t base = (bi * a.K + k0) * a.plane;
   for (int64_t xb = 0; xb < nblk; ++xb) {
     const int64_t offset = (y + a.R) * a.S + a.L + xb * XB;  // pixel (y, xb * XB) in a plane
@@ -169,7 +167,7 @@ int64_t wave_steps(const WalkArgs<T>& a, int64_t classes, int64_t lag) {
 template <typename T>
 void walk_classes(const WalkArgs<T>& a, T* buf0, T* buf1, int64_t bi, int64_t k0, int64_t k1, int64_t steps) {
   T* bufs[2] = {buf0, buf1};
-  const int64_t nrb = row_blocks(a.H), lag = (a.R + kWalkRows - 1) / kWalkRows;
+  const int64_t nrb = a.row_blocks, lag = (a.R + kWalkRows - 1) / kWalkRows;
   for_row_blocks(k1 - k0, kWalkClasses, [&](int64_t c0, int64_t n) {
     const int64_t wave = wave_steps(a, n, lag);
     for (int64_t s0 = 0; s0 < steps; s0 += wave) {

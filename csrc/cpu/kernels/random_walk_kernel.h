@@ -22,6 +22,7 @@ constexpr int kMaxWalkRows = 4;
 template <typename T>
 struct WalkArgs {
   int64_t K, H, Wr, S, R, L, plane;  // pixel (y, x) of a plane at (y + R) S + L + x; plane = Hp S
+  int64_t row_blocks;                // ceil(H / rows): the row blocks of a map (and of wts)
   // The schedule of a row block of `rows` (WalkFns) rows, its first pixel at 0: the input positions its rows read
   // as neighbours (offsets in a state plane), sorted by the mask of the rows that read them; those of mask m are
   // [groups[m - 1], groups[m]) (groups[0] = 0). Each row's own term is not among them.
@@ -29,7 +30,7 @@ struct WalkArgs {
   const int64_t* groups;
   int64_t vectors;  // U: the weight vectors of a row block's pixel block
   int64_t wave_bytes;  // the cache a class block's sweep over several steps may fill (see walk_classes)
-  // [B, Hr / rows, Wr / xblock, U, xblock]: a block's weights in the order of the schedule, for each position
+  // [B, row_blocks, Wr / xblock, U, xblock]: a block's weights in the order of the schedule, for each position
   // the weight of each row that reads it (rows ascending), then each row's own weight
   const T* wts;
 };
