@@ -101,15 +101,19 @@ def _(gh, gm, x, a, w, b, gx_base, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format), w.new_empty(w.shape), b.new_empty(b.shape)
 
 
-def _project_keep_setup(ctx, inputs, output):
-    x, w, b, backend = inputs
-    ctx.mark_non_differentiable(output[2])
-    ctx.save_for_backward(x, w, b, output[2])
+def _project_keep_save(ctx, x, w, b, a, backend):
+    ctx.save_for_backward(x, w, b, a)
     ctx.backend = backend
 
 
+def _project_keep_setup(ctx, inputs, output):
+    x, w, b, backend = inputs
+    ctx.mark_non_differentiable(output[2])
+    _project_keep_save(ctx, x, w, b, output[2], backend)
+
+
 def _project_keep_grads(ctx, gh, gm, gx_base):
-    """grm_project's gradients from the context saved by _project_keep_setup (x, w, b, a), gx_base added to gx."""
+    """grm_project's gradients from the context saved by _project_keep_save (x, w, b, a), gx_base added to gx."""
     x, w, b, a = ctx.saved_tensors
     base = None if gx_base is None else gx_base.to(x.dtype)
     gx, gw, gb = grm_project_backward_kept(gh.to(x.dtype), gm.to(x.dtype), x, a, w, b, base, ctx.backend)
@@ -134,7 +138,7 @@ class GrmProjectTee(torch.autograd.Function):
         ctx.keep = keep
         if keep:
             h, m, a = grm_project_keep(x, w, b, backend)
-            _project_keep_setup(ctx, (x, w, b, backend), (h, m, a))
+            _project_keep_save(ctx, x, w, b, a, backend)
         else:
             h, m = grm_project(x, w, b, backend)
             _project_setup(ctx, (x, w, b, backend), (h, m))
