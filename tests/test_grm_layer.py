@@ -156,6 +156,22 @@ def test_keep_assignment_changes_nothing_but_what_is_saved(dtype):
         grmseg.GRM(16, 5, keep_assignment=None)
 
 
+def test_torch_compile_traces_the_keeping_ops_where_the_layer_keeps():
+    """keeps_assignment is decided when the graph is traced: the graph holds grm_reproject_keep on the CPU by
+    default and grm_reproject with keep_assignment=False (fullgraph: no break around the decision)."""
+    x = torch.randn(2, 12, 5, 5, requires_grad=True)
+    for keep, op in ((True, "grmseg.grm_reproject_keep.default"), (False, "grmseg.grm_reproject.default")):
+        seen: list[str] = []
+
+        def record(gm, example_inputs, seen=seen):
+            seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+            return gm
+
+        layer = grmseg.GRM(12, 4, node_dim=8, key_dim=4, keep_assignment=keep)
+        torch.compile(layer, fullgraph=True, backend=record)(x).sum().backward()
+        assert op in seen, (keep, [t for t in seen if "grmseg" in t])
+
+
 def test_constructor_and_input_errors():
     with pytest.raises(ValueError, match="'num_nodes' must be an int >= 1, got 0"):
         grmseg.GRM(8, 0)
