@@ -61,9 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_meta(co
                                                                              const at::Tensor& a, const at::Tensor& w,
                                                                              const at::Tensor& b,
                                                                              const std::optional<at::Tensor>& gx_base) {
-  TORCH_CHECK(a.dim() == 3 && a.scalar_type() == accumulation_dtype(x.scalar_type()), "grmseg_C::grm_project_backward_kept",
-              ": a must be [B, K, P] in the accumulation dtype of x, got ", a.scalar_type(), " of shape ",
-              a.sym_sizes());
+  check_assignment_meta(a, x, "grmseg_C::grm_project_backward_kept");
   return grm_project_backward_meta(gh, gm, x, w, b, gx_base);
 }
 

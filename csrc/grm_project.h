@@ -95,4 +95,12 @@ inline void check_assignment(const at::Tensor& a, const at::Tensor& x, int64_t K
   TORCH_CHECK(a.device() == x.device(), who, ": a must be on the device of x (", x.device(), "), got ", a.device());
 }
 
+// The part of check_assignment that a shape function can make (symbolic sizes): a [B, K, P] in the accumulation
+// dtype of x.
+inline void check_assignment_meta(const at::Tensor& a, const at::Tensor& x, const char* who) {
+  TORCH_CHECK(a.dim() == 3 && a.scalar_type() == accumulation_dtype(x.scalar_type()), who,
+              ": a must be [B, K, P] in the accumulation dtype of x, got ", a.scalar_type(), " of shape ",
+              a.sym_sizes());
+}
+
 }  // namespace grmseg

@@ -51,9 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_meta(
                                                                                const at::Tensor& a,
                                                                                const at::Tensor& q,
                                                                                const at::Tensor& v) {
-  TORCH_CHECK(a.dim() == 3 && a.scalar_type() == accumulation_dtype(x.scalar_type()), "grmseg_C::grm_reproject_backward_kept",
-              ": a must be [B, K, P] in the accumulation dtype of x, got ", a.scalar_type(), " of shape ",
-              a.sym_sizes());
+  check_assignment_meta(a, x, "grmseg_C::grm_reproject_backward_kept");
   return grm_reproject_backward_meta(gy, x, q, v);
 }
 

@@ -37,7 +37,6 @@ static_assert(kWalkRows >= 1 && kWalkRows <= kMaxWalkRows);
 template <typename T>
 constexpr int64_t kXBlock = kVL<T>;
 
-
 // Loads p[0 .. VL) into a register that the compiler keeps: left to itself, it folds the load into each FMA that
 // uses it, as a memory operand, which loads it again for every row.
 template <typename T>
