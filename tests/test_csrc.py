@@ -401,6 +401,21 @@ def test_cpu_grm_backward_deterministic_across_thread_counts(name):
 
 
 @pytest.mark.parametrize("name", list(GRM_KERNELS))
+@pytest.mark.usefixtures("cpu_level")
+def test_cpu_grm_kernels_do_not_depend_on_earlier_calls(name):
+    """The kernels reuse their thread's scratch memory from call to call: a call after a larger one whose buffers
+    held inf and NaN (left in that memory) gives bitwise the result it gave first."""
+    t = _grm_inputs(2, 24, 301, 5, dtype=torch.float32)
+    first = _run(name, t)
+    poisoned = _grm_inputs(3, 70, 777, 9, dtype=torch.float32, seed=1)
+    for key in ("x", "gy"):
+        poisoned[key][:, ::3] = float("inf")
+        poisoned[key][:, 1::3] = float("nan")
+    _run(name, poisoned)
+    assert all(torch.equal(a, b) for a, b in zip(first, _run(name, t)))
+
+
+@pytest.mark.parametrize("name", list(GRM_KERNELS))
 def test_grm_kernels_meta_and_opcheck(name):
     t = _grm_inputs(3, 59, 97, 21, dtype=torch.float32)
     meta = _run(name, {n: v.to("meta") for n, v in t.items()})

@@ -5,7 +5,7 @@
 // A call is split into (batch element, pixel chunk) tasks by the shapes alone, never by the thread count; each
 // task writes its own [K, C] partial sums, added afterwards in a fixed order, so results are bitwise equal for
 // any number of threads. fp32 accumulation for fp16/bf16 inputs, fp64 for fp64. Nothing of size [B, K, P] is
-// ever allocated.
+// allocated but the assignment the keep variants return.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -59,9 +59,13 @@ void sum_partials(const acc_t* part, int64_t groups, int64_t per_group, int64_t 
         for (int64_t i = 0; i < len; ++i) acc[i] += pj[i];
       }
       out_t* og = out + g * n;
+      int64_t c = i0 / rows, r = i0 % rows;  // of element i0 + i, stepped along (no division per element)
       for (int64_t i = 0; i < len; ++i) {
-        const int64_t c = (i0 + i) / rows, r = (i0 + i) % rows;
         og[r * cols + c] = static_cast<out_t>(acc[i]);
+        if (++r == rows) {
+          r = 0;
+          ++c;
+        }
       }
     }
   });

@@ -51,23 +51,72 @@ constexpr int kNnRows = 4, kNnVecs = 1, kNtRows = 2, kNtCols = 3;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Zero-filled scratch aligned to a cache line (vector rows then start on line boundaries).
+// This thread's stack of scratch memory, reused from call to call: a kernel's buffers are carved from one region
+// instead of being allocated (and faulted in) anew on every call. The region grows to the largest total a thread
+// has held at once (up to kMaxBytes a thread), the next time the stack is empty; requests that do not fit meanwhile
+// are allocated by the caller.
+class ScratchStack {
+ public:
+  static constexpr size_t kMaxBytes = size_t(16) << 20;
+
+  static ScratchStack& mine() {
+    thread_local ScratchStack stack;
+    return stack;
+  }
+  // `bytes` (a multiple of 64) aligned to 64, or null when they do not fit
+  void* push(size_t bytes) {
+    if (top_ == 0 && want_ > cap_) grow();
+    if (top_ + bytes <= kMaxBytes) want_ = std::max(want_, top_ + bytes);
+    if (bytes > cap_ - top_) return nullptr;
+    void* p = base_ + top_;
+    top_ += bytes;
+    return p;
+  }
+  void pop(size_t bytes) { top_ -= bytes; }
+  ~ScratchStack() { std::free(base_); }
+
+ private:
+  void grow() {
+    std::free(base_);
+    cap_ = (want_ + 65535) / 65536 * 65536;
+    base_ = static_cast<char*>(std::aligned_alloc(64, cap_));
+    if (base_ == nullptr) cap_ = 0;
+  }
+  char* base_ = nullptr;
+  size_t cap_ = 0, top_ = 0, want_ = 0;
+};
+
+// Zero-filled scratch aligned to a cache line (vector rows then start on line boundaries), from this thread's
+// ScratchStack where it fits. Scratch objects are locals, so they are released in the reverse order of their
+// construction, as the stack requires.
 template <typename T>
 class Scratch {
  public:
-  explicit Scratch(int64_t n) {
-    const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T)), 64));
-    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
-    if (p_ == nullptr) throw std::bad_alloc();
-    std::memset(static_cast<void*>(p_), 0, bytes);
+  explicit Scratch(int64_t n)
+      : bytes_(static_cast<size_t>(round_up(std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T)), 64))) {
+    p_ = static_cast<T*>(ScratchStack::mine().push(bytes_));
+    if (p_ == nullptr) {
+      own_ = true;
+      p_ = static_cast<T*>(std::aligned_alloc(64, bytes_));
+      if (p_ == nullptr) throw std::bad_alloc();
+    }
+    std::memset(static_cast<void*>(p_), 0, bytes_);
   }
-  ~Scratch() { std::free(p_); }
+  ~Scratch() {
+    if (own_) {
+      std::free(p_);
+    } else {
+      ScratchStack::mine().pop(bytes_);
+    }
+  }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   T* data() const { return p_; }
 
  private:
-  T* p_;
+  size_t bytes_;
+  T* p_ = nullptr;
+  bool own_ = false;
 };
 
 // Splits n rows into ceil(n / max_rows) blocks of nearly equal size; calls f(first row, rows).
