@@ -89,20 +89,10 @@ def run_level(level: str, channels: int, nodes: int, repeats: int) -> list[Block
 
 
 def fma_peak(level: str) -> float:
-    """The one-thread fp32 FMA peak (GFLOP/s) of ``level`` (grmseg._ext, which this switches to ``level``)."""
-    import torch
-
+    """The one-thread fp32 FMA peak (GFLOP/s) of ``level``."""
     from grmseg import _ext
 
-    before, threads = _ext.cpu_capability(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _ext.set_cpu_capability(level.lower())
-        return _ext.cpu_fma_peak_gflops()
-    finally:
-        torch.set_num_threads(threads)
-        if before:
-            _ext.set_cpu_capability(before)
+    return _ext.cpu_fma_peak_gflops(level.lower(), threads=1)
 
 
 def format_rows(rows: Sequence[BlockTime], peaks: dict[str, float]) -> str:

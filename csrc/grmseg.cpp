@@ -39,6 +39,7 @@ TORCH_LIBRARY(grmseg_C, m) {
 // only carries build facts (no pybind11, stable ABI: one binary serves every Python >= 3.10).
 #include <Python.h>
 
+#include <algorithm>
 #include <exception>
 #include <string>
 
@@ -102,12 +103,35 @@ PyObject* py_set_cpu_capability(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-PyObject* py_cpu_fma_peak(PyObject*, PyObject*) {
+PyObject* py_cpu_fma_peak(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* keywords[] = {"level", "seconds", "threads", nullptr};
+  const char* name = nullptr;
+  double seconds = 0.3;
+  int threads = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|zdi:cpu_fma_peak_gflops", const_cast<char**>(keywords), &name,
+                                   &seconds, &threads)) {
+    return nullptr;
+  }
+  grmseg::cpu::Capability level = grmseg::cpu::capability();
+  if (name != nullptr && !grmseg::cpu::parse_capability(name, &level)) {
+    PyErr_Format(PyExc_ValueError, "cpu_fma_peak_gflops: level must be 'default', 'avx2' or 'avx512', got '%s'", name);
+    return nullptr;
+  }
+  const auto supported = grmseg::cpu::supported_capabilities();
+  if (std::find(supported.begin(), supported.end(), level) == supported.end()) {
+    PyErr_Format(PyExc_ValueError, "cpu_fma_peak_gflops: level '%s' is not supported here (%s)",
+                 grmseg::cpu::capability_name(level), grmseg::cpu::capability_report().c_str());
+    return nullptr;
+  }
+  if (!(seconds > 0 && seconds <= 60) || threads < 0) {
+    PyErr_SetString(PyExc_ValueError, "cpu_fma_peak_gflops: seconds must be in (0, 60] and threads >= 0");
+    return nullptr;
+  }
   double gflops = 0;
   std::string error;
   Py_BEGIN_ALLOW_THREADS  // the probe runs for a fraction of a second
   try {
-    gflops = grmseg::cpu::fma_peak_gflops();
+    gflops = grmseg::cpu::fma_peak_gflops(seconds, level, threads);
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -126,8 +150,10 @@ PyMethodDef module_methods[] = {
     {"cpu_capability_report", py_cpu_capability_report, METH_NOARGS, "The level in use, why, and what is supported."},
     {"set_cpu_capability", py_set_cpu_capability, METH_O,
      "Use another supported level from now on ('default', 'avx2', 'avx512')."},
-    {"cpu_fma_peak_gflops", py_cpu_fma_peak, METH_NOARGS,
-     "fp32 FMA GFLOP/s of the CPU at the active level, on torch's intra-op threads (about 0.3 s)."},
+    {"cpu_fma_peak_gflops", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_cpu_fma_peak)),
+     METH_VARARGS | METH_KEYWORDS,
+     "cpu_fma_peak_gflops(level=None, seconds=0.3, threads=0): fp32 FMA GFLOP/s of the CPU at a level (None: the "
+     "active one) on `threads` threads (0: torch's intra-op threads)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

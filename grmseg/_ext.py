@@ -167,18 +167,26 @@ def cpu_capability_report() -> str:
     return _C.cpu_capability_report()
 
 
-def cpu_fma_peak_gflops() -> float:
-    """The fp32 multiply-add rate (GFLOP/s, a multiply-add counts 2) of this CPU at the active level, with
-    ``torch.get_num_threads()`` threads running independent FMA chains at once (the best of three runs, about
-    0.3 s in all): the ceiling of every CPU kernel at that level. With a level below the CPU's best forced, the
-    BLAS sgemm (which picks its own, wider, vectors) can be out of the kernels' reach; this cannot.
+def cpu_fma_peak_gflops(level: str | None = None, seconds: float = 0.3, threads: int | None = None) -> float:
+    """The fp32 multiply-add rate (GFLOP/s, a multiply-add counts 2) of this CPU at an instruction-set level, with
+    ``threads`` threads running independent FMA chains at once (the best of three runs, about ``seconds`` in
+    all): the ceiling of every CPU kernel at that level. With a level below the CPU's best forced, the BLAS sgemm
+    (which picks its own, wider, vectors) can be out of the kernels' reach; this cannot.
+
+    Args:
+        level: one of :func:`cpu_capabilities`; None for the active level.
+        seconds: how long the probe runs, in (0, 60].
+        threads: how many threads run it; None for ``torch.get_num_threads()``.
 
     Raises:
+        ValueError: ``level`` is not supported here, or ``seconds`` / ``threads`` are out of range.
         RuntimeError: ``grmseg._C`` is not loaded.
     """
     if _C is None:
         raise RuntimeError(f"grmseg._C is not loaded: {_LOAD_ERROR}")
-    return float(_C.cpu_fma_peak_gflops())
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"cpu_fma_peak_gflops: threads must be an int >= 1 or None, got {threads!r}")
+    return float(_C.cpu_fma_peak_gflops(level, float(seconds), threads or 0))
 
 
 _CAPABILITY_LISTENERS: list[Callable[[str], None]] = []

@@ -184,24 +184,44 @@ def test_auto_follows_a_level_set_at_run_time():
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 levels")
-def test_auto_keeps_the_reference_where_a_forced_level_loses_to_the_blas():
-    """Below the CPU's best level the reference's GEMMs (MKL, at the CPU's full width) beat grm_reproject's csrc
-    backward: auto picks the reference for it there, and csrc again at the best level."""
+@pytest.mark.parametrize("ratio", [1.85, 1.0])
+def test_auto_keeps_the_reference_where_a_forced_level_loses_to_the_blas(monkeypatch, ratio):
+    """Below the CPU's best level, on a CPU whose best level runs more FMAs per cycle (the Xeon: 1.85x), the
+    reference's GEMMs (MKL, at the CPU's full width) beat grm_reproject's csrc backward: auto picks the reference
+    for it there, and csrc again at the best level. Where both levels run at one rate (Zen 4: 1.0x) csrc stays."""
     from grmseg.ops.impl import csrc
 
     levels = [lvl for lvl in _ext.cpu_capabilities() if lvl != "default"]
     if len(levels) < 2:
         pytest.skip("needs two vector levels (AVX2 and AVX-512)")
+    monkeypatch.setattr(csrc, "fma_rate_ratio", lambda level, best: ratio)
     previous = _ext.set_cpu_capability(levels[0])
     try:
-        assert csrc.SLOWER_BELOW_CPU_BEST <= csrc.NOT_AUTO["cpu"]
-        assert grmseg.ops.selected("grm_reproject_backward", "cpu") == "reference"
+        wider = ratio >= csrc.BLAS_WIDER
+        assert (csrc.SLOWER_BELOW_CPU_BEST <= csrc.NOT_AUTO["cpu"]) == wider
+        assert grmseg.ops.selected("grm_reproject_backward", "cpu") == ("reference" if wider else "csrc")
+        assert grmseg.ops.selected("grm_reproject_backward_kept", "cpu") == ("reference" if wider else "csrc")
         assert grmseg.ops.selected("grm_reproject_forward", "cpu") == "csrc"
         assert grmseg.ops.selected("grm_reproject_backward", "cpu", "csrc") == "csrc"  # forced: still runs
         _ext.set_cpu_capability(levels[-1])
         assert grmseg.ops.selected("grm_reproject_backward", "cpu") == "csrc"
     finally:
+        monkeypatch.undo()  # before the level goes back: auto's exclusions are worked out with the real ratio
         _ext.set_cpu_capability(previous)
+
+
+def test_fma_rate_ratio_of_the_levels():
+    """The ratio behind that choice, measured: finite and positive between every pair of levels, and (cached)
+    the same when asked again."""
+    import math
+
+    from grmseg.ops.impl import csrc
+
+    levels = _ext.cpu_capabilities()
+    for level in levels:
+        ratio = csrc.fma_rate_ratio(level, levels[-1])
+        assert isinstance(ratio, float) and math.isfinite(ratio) and ratio > 0, (level, ratio)
+        assert csrc.fma_rate_ratio(level, levels[-1]) == ratio
 
 
 def test_fma_peak_probe_runs_at_every_level():
@@ -215,5 +235,27 @@ def test_fma_peak_probe_runs_at_every_level():
             grmseg._ext.set_cpu_capability(level)
             rate = grmseg._ext.cpu_fma_peak_gflops()
             assert isinstance(rate, float) and math.isfinite(rate) and rate > 0, (level, rate)
+            # a level asked for by name, on one thread, whatever the active level
+            other = grmseg._ext.cpu_fma_peak_gflops(previous, seconds=0.02, threads=1)
+            assert isinstance(other, float) and math.isfinite(other) and other > 0, (previous, other)
     finally:
         grmseg._ext.set_cpu_capability(previous)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"level": "avx1024"}, "level must be"), ({"seconds": 0.0}, "seconds must be"),
+     ({"seconds": float("nan")}, "seconds must be"), ({"threads": 0}, "threads must be"),
+     ({"threads": True}, "threads must be")],
+)
+def test_fma_peak_probe_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        grmseg._ext.cpu_fma_peak_gflops(**kwargs)
+
+
+def test_fma_peak_probe_rejects_a_level_this_cpu_or_build_lacks():
+    missing = [lvl for lvl in ("default", "avx2", "avx512") if lvl not in _ext.cpu_capabilities()]
+    if not missing:
+        pytest.skip("this CPU and build support every level")
+    with pytest.raises(ValueError, match="not supported here"):
+        grmseg._ext.cpu_fma_peak_gflops(missing[0], seconds=0.01)

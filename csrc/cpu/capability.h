@@ -49,8 +49,8 @@ bool parse_capability(const std::string& name, Capability* level);
 std::string capability_report();
 
 template <typename Table>
-const Table& select_kernels(const Table& base, const Table* avx2, const Table* avx512) {
-  switch (capability()) {
+const Table& select_kernels_at(Capability level, const Table& base, const Table* avx2, const Table* avx512) {
+  switch (level) {
     case Capability::AVX512:
       if (avx512 != nullptr) return *avx512;
       [[fallthrough]];
@@ -60,6 +60,11 @@ const Table& select_kernels(const Table& base, const Table* avx2, const Table* a
     default:
       return base;
   }
+}
+
+template <typename Table>
+const Table& select_kernels(const Table& base, const Table* avx2, const Table* avx512) {
+  return select_kernels_at(capability(), base, avx2, avx512);
 }
 
 }  // namespace cpu
@@ -95,3 +100,8 @@ const Table& select_kernels(const Table& base, const Table* avx2, const Table* a
 // The table `name` of the active level (glue code only).
 #define GRMSEG_CPU_KERNELS(name)                                                                  \
   ::grmseg::cpu::select_kernels(::grmseg::cpu::DEFAULT::name, GRMSEG_AVX2_PTR(name), GRMSEG_AVX512_PTR(name))
+
+// The table `name` of `level` (a supported one; glue code only).
+#define GRMSEG_CPU_KERNELS_AT(name, level)                                                                     \
+  ::grmseg::cpu::select_kernels_at((level), ::grmseg::cpu::DEFAULT::name, GRMSEG_AVX2_PTR(name),              \
+                                   GRMSEG_AVX512_PTR(name))

@@ -20,8 +20,8 @@ double elapsed(std::chrono::steady_clock::time_point since) {
 
 }  // namespace
 
-double fma_peak_gflops(double seconds) {
-  const FmaPeakFns& probe = GRMSEG_CPU_KERNELS(fma_peak_kernels);
+double fma_peak_gflops(double seconds, Capability level, int threads_wanted) {
+  const FmaPeakFns& probe = GRMSEG_CPU_KERNELS_AT(fma_peak_kernels, level);
   std::vector<float> sink(1);
   // rounds for about a third of `seconds` on one thread (every thread runs as many)
   int64_t rounds = 1 << 14;
@@ -35,7 +35,7 @@ double fma_peak_gflops(double seconds) {
     }
     rounds *= 4;
   }
-  const int64_t threads = std::max(1, at::get_num_threads());
+  const int64_t threads = std::max(1, threads_wanted > 0 ? threads_wanted : at::get_num_threads());
   sink.assign(static_cast<size_t>(threads), 0.0f);
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {

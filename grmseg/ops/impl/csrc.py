@@ -10,6 +10,7 @@ compiled at run time through CuPy's NVRTC (``cupy_nvrtc``); ``status("cuda")`` t
 
 from __future__ import annotations
 
+import functools
 import platform
 
 import torch
@@ -34,10 +35,27 @@ SLOWER_AT_X86_BASELINE = frozenset(
 
 
 #: CPU kernels that are slower than the reference when they run at a level below the CPU's best (AVX2 forced on an
-#: AVX-512 CPU): the reference's GEMMs then run in MKL at the CPU's full vector width (1.85x the AVX2 FMA rate on
-#: the Xeon of benchmarks/results/cpu-xeon-2core-fma), the kernels at half of it. grm_reproject's backward, five
-#: GEMM-shaped products in both, was 0.97-0.99x there.
+#: AVX-512 CPU) on a CPU whose best level multiplies and adds more per cycle (see BLAS_WIDER): the reference's
+#: GEMMs then run in MKL at the CPU's full vector width, the kernels at less. grm_reproject's backward, five
+#: GEMM-shaped products in both, was 0.97-0.99x there (benchmarks/results/cpu-xeon-2core-fma: 1.85x the AVX2 FMA
+#: rate at AVX-512), and 1.5-1.9x on a Zen 4, whose AVX-512 runs on 256-bit units at the AVX2 rate
+#: (benchmarks/results/cpu-epyc-zen4-2core).
 SLOWER_BELOW_CPU_BEST = frozenset({"grm_reproject_backward"})
+#: The ratio of the best level's FMA rate to the forced level's from which SLOWER_BELOW_CPU_BEST applies.
+BLAS_WIDER = 1.4
+#: How long each level's FMA probe runs for that ratio (twice per level, one thread; once a process).
+_PROBE_SECONDS = 0.03
+
+
+@functools.cache
+def fma_rate_ratio(level: str, best: str) -> float:
+    """The one-thread FMA rate of ``best`` over that of ``level`` (levels of :func:`grmseg._ext.cpu_capabilities`),
+    each the better of two short probes taken in turn (about 0.25 s in all, once a process)."""
+    rates: dict[str, float] = {level: 0.0, best: 0.0}
+    for _ in range(2):
+        for lvl in (level, best):
+            rates[lvl] = max(rates[lvl], _ext.cpu_fma_peak_gflops(lvl, seconds=_PROBE_SECONDS, threads=1))
+    return rates[best] / rates[level]
 
 
 def _not_auto() -> dict[str, frozenset[str]]:
@@ -46,7 +64,7 @@ def _not_auto() -> dict[str, frozenset[str]]:
     if platform.machine().lower() in ("x86_64", "amd64"):
         if level == "default":
             slower = slower | SLOWER_AT_X86_BASELINE
-        if levels and level != levels[-1]:
+        if levels and level != levels[-1] and fma_rate_ratio(level, levels[-1]) >= BLAS_WIDER:
             slower = slower | SLOWER_BELOW_CPU_BEST
     # a kernel's keep variant (the same kernel, also storing or reading the assignment) follows it
     slower = slower | {_backends.KEEP_VARIANTS[k] for k in slower if k in _backends.KEEP_VARIANTS}
@@ -56,8 +74,8 @@ def _not_auto() -> dict[str, frozenset[str]]:
 #: Implemented but slower than the next backend in line, so ``backend="auto"`` skips them (see the benchmarks;
 #: a forced backend still runs them). At the CPU's best level (AVX2 or AVX-512) every other CPU kernel beats the
 #: reference at the benchmark sizes (README); at a forced lower level, and at x86-64's baseline, some more do not.
-#: Follows the level in use
-#: (``$GRMSEG_CPU_CAPABILITY`` at import, then ``grmseg._ext.set_cpu_capability``).
+#: Follows the level in use (``$GRMSEG_CPU_CAPABILITY`` at import, then ``grmseg._ext.set_cpu_capability``); worked
+#: out then, not at first use, so that nothing is probed while torch.compile traces.
 NOT_AUTO: dict[str, frozenset[str]] = _not_auto()
 
 
