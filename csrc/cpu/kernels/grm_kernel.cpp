@@ -13,8 +13,9 @@
 // backward skips E = Q X and its softmax).
 // The products are gemm_nn (reduction over C or K: broadcasts of the small matrix against pixel vectors) and
 // gemm_nt (reduction over the tile's pixels, with horizontal sums per tile; the [K, C] partials are kept
-// transposed, [C, K]), both register-blocked in csrc/cpu/kernels/gemm.h; the tiles are copied into buffers with a
-// padded row stride first; the softmax runs over K with the pixels in the vector lanes.
+// transposed, [C, K]), both register-blocked in csrc/cpu/kernels/gemm.h; the tiles that a gemm_nn walks down are
+// copied into buffers with a padded row stride first (x of grm_reproject backward with the kept assignment, read
+// by gemm_nt alone, is read in place); the softmax runs over K with the pixels in the vector lanes.
 
 #include "cpu/kernels/grm_kernel.h"
 
@@ -263,21 +264,32 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
   };
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
     const acc_t* q = a.q + t.bi * K * C;
-    load_map_tile<T>(a.x, C, t, X);
+    const bool kept = a.a != nullptr;
+    // With the kept assignment only gq's product reads x, row by row (the rows' power-of-two distance does not
+    // matter there): in place where the tile can be, prefetched during gv's product; else copied.
+    const acc_t* xt = kept ? map_tile_in_place(a.x, t) : nullptr;
+    const int64_t ldx = xt != nullptr ? a.x.sc : ld;
+    if (xt == nullptr) {
+      load_map_tile<T>(a.x, C, t, X);
+      xt = X;
+    }
+    const bool x_in_place = xt != X;
     load_map_tile<T>(a.gy, C, t, GY);
-    if (a.a != nullptr) {
+    if (kept) {
       load_assignment_tile(a.a, K, P, t, S, ld);                                           // A (kept)
     } else {
       gemm_nn<acc_t>(K, t.nc, C, q, C, 1, X, ld, nullptr, 0, S, ld);                      // E = Q X
       softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                        // A
     }
+    const Prefetch next_gy = next_tile(a.gy, s, t.bi, t.p0);
     gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, GY, ld, nullptr, 0, G, ld);      // GA = V GY
-    gemm_nt<acc_t>(K, C, t.nc, S, ld, GY, ld, gvt, K, next_tile(a.gy, s, t.bi, t.p0));    // gv^T += GY A^T
+    gemm_nt<acc_t>(K, C, t.nc, S, ld, GY, ld, gvt, K,
+                   x_in_place ? this_tile(a.x, t) : next_gy);                              // gv^T += GY A^T
     softmax_backward_columns<acc_t>(S, G, K, ld, t.nc);                                    // GE
-    gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gqt, K);                                      // gq^T += X GE^T
+    gemm_nt<acc_t>(K, C, t.nc, G, ld, xt, ldx, gqt, K, x_in_place ? next_gy : Prefetch{});  // gq^T += X GE^T
     // gx = GY + Q^T GE, straight to gx when it can be, else in place in GY
     product_to_map<T, acc_t>(C, K, a.qt + t.bi * C * K, G, GY, ld, GY, ld, a.gx + t.bi * C * P, P, t, stream,
-                             next_tile(a.x, s, t.bi, t.p0));
+                             x_in_place ? Prefetch{} : next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();
 }
