@@ -39,7 +39,6 @@ TORCH_LIBRARY(grmseg_C, m) {
 // only carries build facts (no pybind11, stable ABI: one binary serves every Python >= 3.10).
 #include <Python.h>
 
-#include <algorithm>
 #include <exception>
 #include <string>
 
@@ -79,6 +78,13 @@ PyObject* py_cpu_capability_report(PyObject*, PyObject*) {
   return PyUnicode_FromString(grmseg::cpu::capability_report().c_str());
 }
 
+// Parses a level name for the Python function `who`; false with a ValueError set for anything else.
+bool parse_level(const char* who, const std::string& text, grmseg::cpu::Capability* level) {
+  if (grmseg::cpu::parse_capability(text, level)) return true;
+  PyErr_Format(PyExc_ValueError, "%s: level must be 'default', 'avx2' or 'avx512', got '%s'", who, text.c_str());
+  return false;
+}
+
 PyObject* py_set_cpu_capability(PyObject*, PyObject* arg) {
   Py_ssize_t size = 0;
   const char* text = PyUnicode_Check(arg) ? PyUnicode_AsUTF8AndSize(arg, &size) : nullptr;
@@ -87,10 +93,7 @@ PyObject* py_set_cpu_capability(PyObject*, PyObject* arg) {
     return nullptr;
   }
   grmseg::cpu::Capability level;
-  if (!grmseg::cpu::parse_capability(std::string(text, static_cast<size_t>(size)), &level)) {
-    PyErr_Format(PyExc_ValueError, "set_cpu_capability: level must be 'default', 'avx2' or 'avx512', got '%s'", text);
-    return nullptr;
-  }
+  if (!parse_level("set_cpu_capability", std::string(text, static_cast<size_t>(size)), &level)) return nullptr;
   try {
     grmseg::cpu::set_capability(level);
   } catch (const c10::Error& e) {
@@ -113,12 +116,8 @@ PyObject* py_cpu_fma_peak(PyObject*, PyObject* args, PyObject* kwargs) {
     return nullptr;
   }
   grmseg::cpu::Capability level = grmseg::cpu::capability();
-  if (name != nullptr && !grmseg::cpu::parse_capability(name, &level)) {
-    PyErr_Format(PyExc_ValueError, "cpu_fma_peak_gflops: level must be 'default', 'avx2' or 'avx512', got '%s'", name);
-    return nullptr;
-  }
-  const auto supported = grmseg::cpu::supported_capabilities();
-  if (std::find(supported.begin(), supported.end(), level) == supported.end()) {
+  if (name != nullptr && !parse_level("cpu_fma_peak_gflops", name, &level)) return nullptr;
+  if (!grmseg::cpu::is_supported(level)) {
     PyErr_Format(PyExc_ValueError, "cpu_fma_peak_gflops: level '%s' is not supported here (%s)",
                  grmseg::cpu::capability_name(level), grmseg::cpu::capability_report().c_str());
     return nullptr;

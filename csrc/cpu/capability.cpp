@@ -152,10 +152,14 @@ bool parse_capability(const std::string& name, Capability* level) {
 
 Capability supported_capability() { return state().supported; }
 
+bool is_supported(Capability level) {
+  return built(level) && static_cast<int>(level) <= static_cast<int>(supported_capability());
+}
+
 std::vector<Capability> supported_capabilities() {
   std::vector<Capability> out;
   for (Capability c : {Capability::DEFAULT, Capability::AVX2, Capability::AVX512}) {
-    if (built(c) && static_cast<int>(c) <= static_cast<int>(supported_capability())) out.push_back(c);
+    if (is_supported(c)) out.push_back(c);
   }
   return out;
 }
@@ -164,7 +168,7 @@ Capability capability() { return static_cast<Capability>(state().active.load(std
 
 void set_capability(Capability level) {
   State& st = state();
-  TORCH_CHECK(built(level) && static_cast<int>(level) <= static_cast<int>(st.supported),
+  TORCH_CHECK(is_supported(level),
               "grmseg: CPU kernel level ", capability_name(level), " is not available here (the CPU and this build ",
               "support up to ", capability_name(st.supported), ")");
   std::lock_guard<std::mutex> lock(reason_mutex());

@@ -35,6 +35,9 @@ Capability supported_capability();
 // Every level this CPU runs and this build contains, lowest first.
 std::vector<Capability> supported_capabilities();
 
+// Whether this CPU runs `level` and this build contains it (one of supported_capabilities()).
+bool is_supported(Capability level);
+
 // The level the kernels use now.
 Capability capability();
 

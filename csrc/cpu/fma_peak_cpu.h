@@ -11,8 +11,5 @@ namespace cpu {
 // `level` (a supported one) at once, the best of three runs of about `seconds` / 3 each.
 double fma_peak_gflops(double seconds, Capability level, int threads = 0);
 
-// The same at the active level.
-inline double fma_peak_gflops(double seconds = 0.3) { return fma_peak_gflops(seconds, capability()); }
-
 }  // namespace cpu
 }  // namespace grmseg
