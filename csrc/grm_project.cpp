@@ -65,6 +65,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_meta(co
   return grm_project_backward_meta(gh, gm, x, w, b, gx_base);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_joint_meta(
+    const at::Tensor& gh, const at::Tensor& gm, const at::Tensor& x, const at::Tensor& a, const at::Tensor& w,
+    const at::Tensor& b, const at::Tensor& gy, const at::Tensor& ge, const at::Tensor& q) {
+  const char* who = "grmseg_C::grm_project_backward_kept_joint";
+  check_assignment_meta(a, x, who);
+  check_assignment_meta(ge, x, who);
+  TORCH_CHECK(q.sym_sizes() == gh.sym_sizes() && q.scalar_type() == x.scalar_type(), who,
+              ": q must have the shape of gh and the dtype of x");
+  return grm_project_backward_meta(gh, gm, x, w, b, gy);
+}
+
 }  // namespace
 }  // namespace grmseg
 
@@ -73,6 +84,7 @@ TORCH_LIBRARY_IMPL(grmseg_C, Meta, m) {
   m.impl("grm_project_backward", &grmseg::grm_project_backward_meta);
   m.impl("grm_project_keep_forward", &grmseg::grm_project_keep_forward_meta);
   m.impl("grm_project_backward_kept", &grmseg::grm_project_backward_kept_meta);
+  m.impl("grm_project_backward_kept_joint", &grmseg::grm_project_backward_kept_joint_meta);
 }
 
 TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
@@ -80,6 +92,7 @@ TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
   m.impl("grm_project_backward", &grmseg::grm_project_backward_cpu);
   m.impl("grm_project_keep_forward", &grmseg::grm_project_keep_forward_cpu);
   m.impl("grm_project_backward_kept", &grmseg::grm_project_backward_kept_cpu);
+  m.impl("grm_project_backward_kept_joint", &grmseg::grm_project_backward_kept_joint_cpu);
 }
 
 #ifdef GRMSEG_WITH_CUDA

@@ -55,6 +55,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_meta(
   return grm_reproject_backward_meta(gy, x, q, v);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_joint_meta(const at::Tensor& gy,
+                                                                                     const at::Tensor& x,
+                                                                                     const at::Tensor& a,
+                                                                                     const at::Tensor& q,
+                                                                                     const at::Tensor& v) {
+  check_assignment_meta(a, x, "grmseg_C::grm_reproject_backward_kept_joint");
+  auto [gx, gq, gv] = grm_reproject_backward_meta(gy, x, q, v);
+  return {at::empty_symint(a.sym_sizes(), a.options()), gq, gv};
+}
+
 }  // namespace
 }  // namespace grmseg
 
@@ -63,6 +73,7 @@ TORCH_LIBRARY_IMPL(grmseg_C, Meta, m) {
   m.impl("grm_reproject_backward", &grmseg::grm_reproject_backward_meta);
   m.impl("grm_reproject_keep_forward", &grmseg::grm_reproject_keep_forward_meta);
   m.impl("grm_reproject_backward_kept", &grmseg::grm_reproject_backward_kept_meta);
+  m.impl("grm_reproject_backward_kept_joint", &grmseg::grm_reproject_backward_kept_joint_meta);
 }
 
 TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
@@ -70,6 +81,7 @@ TORCH_LIBRARY_IMPL(grmseg_C, CPU, m) {
   m.impl("grm_reproject_backward", &grmseg::grm_reproject_backward_cpu);
   m.impl("grm_reproject_keep_forward", &grmseg::grm_reproject_keep_forward_cpu);
   m.impl("grm_reproject_backward_kept", &grmseg::grm_reproject_backward_kept_cpu);
+  m.impl("grm_reproject_backward_kept_joint", &grmseg::grm_reproject_backward_kept_joint_cpu);
 }
 
 #ifdef GRMSEG_WITH_CUDA

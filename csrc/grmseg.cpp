@@ -21,6 +21,14 @@ TORCH_LIBRARY(grmseg_C, m) {
   m.def("grm_reproject_keep_forward(Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor)");
   m.def(
       "grm_reproject_backward_kept(Tensor gy, Tensor x, Tensor a, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)");
+  // the joint backward of a grm_project and a grm_reproject of the same x (grmseg.GRM): the reprojection hands on
+  // GE [B, K, P] instead of gx, the projection adds gy + q^T GE to its gx (CPU kernels)
+  m.def(
+      "grm_reproject_backward_kept_joint(Tensor gy, Tensor x, Tensor a, Tensor q, Tensor v) -> "
+      "(Tensor, Tensor, Tensor)");
+  m.def(
+      "grm_project_backward_kept_joint(Tensor gh, Tensor gm, Tensor x, Tensor a, Tensor w, Tensor b, Tensor gy, "
+      "Tensor ge, Tensor q) -> (Tensor, Tensor, Tensor)");
   m.def("graph_conv_forward(Tensor z, Tensor adj, Tensor weight, Tensor? bias, str activation) -> Tensor");
   m.def(
       "graph_conv_backward(Tensor gout, Tensor out, Tensor z, Tensor adj, Tensor weight, Tensor? bias, "

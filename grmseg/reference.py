@@ -175,13 +175,37 @@ def grm_reproject_backward_kept(
     gy: Tensor, x: Tensor, a: Tensor, q: Tensor, v: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`grm_reproject_backward` from the assignment ``a [B, K, P]`` kept by :func:`grm_reproject_keep`."""
-    x_, q_, v_, gy_, a_ = _acc(x), _acc(q), _acc(v), _acc(gy), _acc(a)
+    ge, gq, gv = grm_reproject_backward_kept_joint(gy, x, a, q, v)
+    gx = _acc(gy) + torch.einsum("bkc,bkp->bcp", _acc(q), ge)
+    return gx.to(x.dtype), gq, gv
+
+
+def grm_reproject_backward_kept_joint(
+    gy: Tensor, x: Tensor, a: Tensor, q: Tensor, v: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`grm_reproject_backward_kept` less its ``gx``, for a joint backward with the projection of ``x``.
+
+    Returns:
+        ``(ge [B, K, P], gq, gv)``: ``ge`` the gradient of the logits ``q x`` in the accumulation dtype (the
+        reprojection's ``gx`` is ``gy + q^T ge``, added by :func:`grm_project_backward_kept_joint`), ``gq`` and
+        ``gv`` as :func:`grm_reproject_backward`.
+    """
+    x_, v_, gy_, a_ = _acc(x), _acc(v), _acc(gy), _acc(a)
     ga = torch.einsum("bkc,bcp->bkp", v_, gy_)
     ge = a_ * (ga - (a_ * ga).sum(dim=1, keepdim=True))
-    gx = gy_ + torch.einsum("bkc,bkp->bcp", q_, ge)
     gq = torch.einsum("bkp,bcp->bkc", ge, x_)
     gv = torch.einsum("bkp,bcp->bkc", a_, gy_)
-    return gx.to(x.dtype), gq.to(q.dtype), gv.to(v.dtype)
+    return ge, gq.to(q.dtype), gv.to(v.dtype)
+
+
+def grm_project_backward_kept_joint(
+    gh: Tensor, gm: Tensor, x: Tensor, a: Tensor, w: Tensor, b: Tensor, gy: Tensor, ge: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`grm_project_backward_kept` that also adds the reprojection's ``gx = gy + q^T ge`` (``gy [B, C, P]``,
+    ``ge [B, K, P]`` from :func:`grm_reproject_backward_kept_joint`, ``q [B, K, C]``) to its ``gx``: the whole
+    gradient of an ``x`` that was both projected and reprojected. Returns ``(gx, gw, gb)``."""
+    gx_base = _acc(gy) + torch.einsum("bkc,bkp->bcp", _acc(q), _acc(ge))
+    return grm_project_backward_kept(gh, gm, x, a, w, b, gx_base)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -85,6 +85,10 @@ SCHEMAS = {
     ),
     "grm_reproject_keep_forward": "(Tensor x, Tensor q, Tensor v) -> (Tensor, Tensor)",
     "grm_reproject_backward_kept": "(Tensor gy, Tensor x, Tensor a, Tensor q, Tensor v) -> (Tensor, Tensor, Tensor)",
+    "grm_reproject_backward_kept_joint": "(Tensor gy, Tensor x, Tensor a, Tensor q, Tensor v) -> "
+    "(Tensor, Tensor, Tensor)",
+    "grm_project_backward_kept_joint": "(Tensor gh, Tensor gm, Tensor x, Tensor a, Tensor w, Tensor b, Tensor gy, "
+    "Tensor ge, Tensor q) -> (Tensor, Tensor, Tensor)",
     "graph_conv_forward": "(Tensor z, Tensor adj, Tensor weight, Tensor? bias, str activation) -> Tensor",
     "graph_conv_backward": "(Tensor gout, Tensor out, Tensor z, Tensor adj, Tensor weight, Tensor? bias, "
     "str activation) -> (Tensor, Tensor, Tensor, Tensor)",
@@ -227,11 +231,16 @@ GRM_KERNELS = {
     "grm_project_backward_kept": (reference.grm_project_backward_kept, ("gh", "gm", "x", "a_p", "w", "b")),
     "grm_reproject_keep_forward": (reference.grm_reproject_keep, ("x", "q", "v")),
     "grm_reproject_backward_kept": (reference.grm_reproject_backward_kept, ("gy", "x", "a_r", "q", "v")),
+    # the joint backward of a projection and a reprojection of the same x (ge: the reference's, from the above)
+    "grm_reproject_backward_kept_joint": (reference.grm_reproject_backward_kept_joint, ("gy", "x", "a_r", "q", "v")),
+    "grm_project_backward_kept_joint": (
+        reference.grm_project_backward_kept_joint, ("gh", "gm", "x", "a_p", "w", "b", "gy", "ge", "q")
+    ),
 }
 #: The kernels of the table that CUDA has as well (the keep variants are CPU kernels).
 CUDA_GRM_KERNELS = {n: GRM_KERNELS[n] for n in ("grm_project_backward", "grm_reproject_forward", "grm_reproject_backward")}
 #: Outputs in the accumulation dtype (float32 for half inputs) rather than the dtype of x: the kept assignments.
-ACC_OUTPUTS = {("grm_project_keep_forward", 2), ("grm_reproject_keep_forward", 1)}
+ACC_OUTPUTS = {("grm_project_keep_forward", 2), ("grm_reproject_keep_forward", 1), ("grm_reproject_backward_kept_joint", 0)}
 GRM_SHAPES = [(3, 59, 97, 21), (2, 5, 1, 3), (1, 3, 33, 1), (1, 1, 1, 1), (2, 7, 300, 2)]
 
 
@@ -254,6 +263,7 @@ def _grm_inputs(bsz, c, p, k, dtype=torch.float64, device="cpu", seed=0):
     t = {n: v.to(device=device, dtype=dtype) for n, v in t.items()}
     t["a_p"] = reference.grm_project_keep(t["x"], t["w"], t["b"])[2]
     t["a_r"] = reference.grm_reproject_keep(t["x"], t["q"], t["v"])[1]
+    t["ge"] = reference.grm_reproject_backward_kept_joint(t["gy"], t["x"], t["a_r"], t["q"], t["v"])[0]
     return t
 
 
@@ -360,6 +370,7 @@ def _strided_variants(t):
             "gm": t["gm"][:1].expand_as(t["gm"]),
             "a_p": t["a_p"][:1].expand_as(t["a_p"]),
             "a_r": t["a_r"][:1].expand_as(t["a_r"]),
+            "ge": t["ge"][:1].expand_as(t["ge"]),
         }
     )
     out.append({n: nc(v) for n, v in t.items()})
@@ -384,7 +395,9 @@ def test_cpu_grm_kernels_non_contiguous_and_channels_last(name, dtype):
 
 
 @pytest.mark.parametrize(
-    "name", ["grm_project_backward", "grm_reproject_backward", "grm_project_backward_kept", "grm_reproject_backward_kept"]
+    "name",
+    ["grm_project_backward", "grm_reproject_backward", "grm_project_backward_kept", "grm_reproject_backward_kept",
+     "grm_reproject_backward_kept_joint", "grm_project_backward_kept_joint"],
 )
 @pytest.mark.usefixtures("cpu_level")
 def test_cpu_grm_backward_deterministic_across_thread_counts(name):
@@ -523,6 +536,11 @@ def _bad(name, **changes):
         (_bad("grm_project_backward_kept", a_p=torch.rand(2, 3, 6)), r"a must be \[B, K, P\] = \[2, 3, 7\]"),
         (_bad("grm_project_backward_kept", a_p=torch.rand(2, 3, 7).double()), r"accumulation dtype of x"),
         (_bad("grm_reproject_backward_kept", a_r=torch.rand(2, 4, 7)), r"a must be \[B, K, P\] = \[2, 3, 7\]"),
+        (_bad("grm_reproject_backward_kept_joint", a_r=torch.rand(2, 4, 7)), r"a must be \[B, K, P\] = \[2, 3, 7\]"),
+        (_bad("grm_project_backward_kept_joint", ge=torch.rand(2, 3, 6)), r"a must be \[B, K, P\] = \[2, 3, 7\]"),
+        (_bad("grm_project_backward_kept_joint", q=torch.randn(2, 3, 4)), r"q must be \[B, K, C\] = \[2, 3, 5\]"),
+        (_bad("grm_project_backward_kept_joint", q=torch.randn(2, 3, 5).double()), r"q must be .* dtype of x"),
+        (_bad("grm_project_backward_kept_joint", gy=torch.randn(2, 5, 6)), r"gy must have the shape of x"),
         (
             _bad(
                 "grm_reproject_forward",

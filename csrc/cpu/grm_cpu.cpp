@@ -5,7 +5,7 @@
 // A call is split into (batch element, pixel chunk) tasks by the shapes alone, never by the thread count; each
 // task writes its own [K, C] partial sums, added afterwards in a fixed order, so results are bitwise equal for
 // any number of threads. fp32 accumulation for fp16/bf16 inputs, fp64 for fp64. Nothing of size [B, K, P] is
-// allocated but the assignment the keep variants return.
+// allocated but the assignment the keep variants return and the GE the joint reprojection backward returns.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -130,16 +130,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_keep_forward_cpu(cons
 // ------------------------------------------------------------------------------------------ grm_project_backward
 namespace {
 
-// gx, gw, gb; with `a` (the kept assignment) A is read from it, else recomputed from w, b.
+// The reprojection's part of a joint backward (see grm_kernel.cpp): its GE [B, K, P] and q [B, K, C].
+struct JointPart {
+  const at::Tensor& ge;
+  const at::Tensor& q;
+};
+
+// gx, gw, gb; with `a` (the kept assignment) A is read from it, else recomputed from w, b; with `joint`, gx also
+// gets q^T GE (gx_base is then the reprojection's gy).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> project_backward(const at::Tensor& gh, const at::Tensor& gm,
                                                                 const at::Tensor& x, const at::Tensor& w,
                                                                 const at::Tensor& b,
                                                                 const std::optional<at::Tensor>& gx_base,
-                                                                const at::Tensor* a, const char* who) {
+                                                                const at::Tensor* a, const JointPart* joint,
+                                                                const char* who) {
   check_project_inputs(x, w, b, c10::DeviceType::CPU, who);
   check_project_grads(gh, gm, x, w, who);
   check_project_gx_base(gx_base, x, who);
   if (a != nullptr) check_assignment(*a, x, w.size(0), who);
+  if (joint != nullptr) {
+    check_assignment(joint->ge, x, w.size(0), who);
+    TORCH_CHECK(joint->q.sizes() == gh.sizes() && joint->q.scalar_type() == x.scalar_type(), who,
+                ": q must be [B, K, C] = ", gh.sizes(), " with the dtype of x (", x.scalar_type(), "), got ",
+                joint->q.scalar_type(), " of shape ", joint->q.sizes());
+    TORCH_CHECK(joint->q.device() == x.device(), who, ": q must be on the device of x (", x.device(), "), got ",
+                joint->q.device());
+  }
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = w.size(0);
   at::Tensor gx = at::empty({B, C, P}, x.options());
   at::Tensor gw = at::empty({K, C}, w.options());
@@ -155,7 +171,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_backward(const at::Tensor
   const at::Tensor wg = a != nullptr ? gh_acc.contiguous() : at::cat({w_b, gh_acc}, 1).contiguous();
   const at::Tensor bg = a != nullptr ? gm.to(acc).contiguous()
                                      : at::cat({b.to(acc).unsqueeze(0).expand({B, K}), gm.to(acc)}, 1).contiguous();
-  const at::Tensor nt = at::cat({gh_acc, w_b}, 1).transpose(1, 2).contiguous();    // [B, C, 2K]
+  // [B, C, 2K] (joint: [B, C, 3K], q^T first)
+  const at::Tensor nt = (joint != nullptr ? at::cat({joint->q.to(acc), gh_acc, w_b}, 1) : at::cat({gh_acc, w_b}, 1))
+                            .transpose(1, 2)
+                            .contiguous();
+  const at::Tensor ge_c = joint != nullptr ? joint->ge.contiguous() : at::Tensor();
   const at::Tensor a_c = a != nullptr ? a->contiguous() : at::Tensor();
   const cpu::GrmSplit split = make_split(B, C, P, K);
   const int64_t tasks = B * split.chunks;
@@ -173,7 +193,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_backward(const at::Tensor
                                                   gx.mutable_data_ptr<scalar_t>(),
                                                   part_w.mutable_data_ptr<acc_t>(),
                                                   part_b.mutable_data_ptr<acc_t>(),
-                                                  a != nullptr ? a_c.const_data_ptr<acc_t>() : nullptr};
+                                                  a != nullptr ? a_c.const_data_ptr<acc_t>() : nullptr,
+                                                  joint != nullptr ? ge_c.const_data_ptr<acc_t>() : nullptr};
     run_tasks(args, tasks, GRMSEG_CPU_KERNELS(grm_kernels).get<scalar_t>().project_backward);
     sum_partials(args.gwt, 1, tasks, K, C, gw.mutable_data_ptr<scalar_t>());
     sum_partials(args.gb, 1, tasks, 1, K, gb.mutable_data_ptr<scalar_t>());
@@ -187,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_cpu(const at
                                                                        const at::Tensor& x, const at::Tensor& w,
                                                                        const at::Tensor& b,
                                                                        const std::optional<at::Tensor>& gx_base) {
-  return project_backward(gh, gm, x, w, b, gx_base, nullptr, "grmseg_C::grm_project_backward (CPU)");
+  return project_backward(gh, gm, x, w, b, gx_base, nullptr, nullptr, "grmseg_C::grm_project_backward (CPU)");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_cpu(const at::Tensor& gh,
@@ -195,7 +216,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_cpu(con
                                                                             const at::Tensor& a, const at::Tensor& w,
                                                                             const at::Tensor& b,
                                                                             const std::optional<at::Tensor>& gx_base) {
-  return project_backward(gh, gm, x, w, b, gx_base, &a, "grmseg_C::grm_project_backward_kept (CPU)");
+  return project_backward(gh, gm, x, w, b, gx_base, &a, nullptr, "grmseg_C::grm_project_backward_kept (CPU)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_joint_cpu(
+    const at::Tensor& gh, const at::Tensor& gm, const at::Tensor& x, const at::Tensor& a, const at::Tensor& w,
+    const at::Tensor& b, const at::Tensor& gy, const at::Tensor& ge, const at::Tensor& q) {
+  const char* who = "grmseg_C::grm_project_backward_kept_joint (CPU)";
+  check_reproject_grad(gy, x, who);
+  const JointPart joint{ge, q};
+  return project_backward(gh, gm, x, w, b, gy, &a, &joint, who);
 }
 
 // ----------------------------------------------------------------------------------------- grm_reproject_forward
@@ -230,19 +260,20 @@ std::tuple<at::Tensor, at::Tensor> reproject_forward(const at::Tensor& x, const 
   return {y, a};
 }
 
-// gx, gq, gv; with `a` (the kept assignment) A is read from it, else recomputed from q.
+// gx, gq, gv; with `a` (the kept assignment) A is read from it, else recomputed from q. With `joint`, GE [B, K, P]
+// (accumulation dtype) in place of gx: see grm_kernel.cpp.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> reproject_backward(const at::Tensor& gy, const at::Tensor& x,
                                                                   const at::Tensor& q, const at::Tensor& v,
-                                                                  const at::Tensor* a, const char* who) {
+                                                                  const at::Tensor* a, bool joint, const char* who) {
   check_reproject_inputs(x, q, v, c10::DeviceType::CPU, who);
   check_reproject_grad(gy, x, who);
   if (a != nullptr) check_assignment(*a, x, q.size(1), who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = q.size(1);
-  at::Tensor gx = at::empty({B, C, P}, x.options());
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  at::Tensor gx = joint ? at::empty({B, K, P}, x.options().dtype(acc)) : at::empty({B, C, P}, x.options());
   at::Tensor gq = at::empty({B, K, C}, q.options());
   at::Tensor gv = at::empty({B, K, C}, v.options());
-  if (B == 0 || C == 0 || K == 0 || P == 0) return {gx.copy_(gy), gq.zero_(), gv.zero_()};
-  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  if (B == 0 || C == 0 || K == 0 || P == 0) return {joint ? gx.zero_() : gx.copy_(gy), gq.zero_(), gv.zero_()};
   const at::Tensor q_acc = acc_contiguous(q, acc), v_acc = acc_contiguous(v, acc);
   const at::Tensor qt = q_acc.transpose(1, 2).contiguous();  // [B, C, K]
   const at::Tensor a_c = a != nullptr ? a->contiguous() : at::Tensor();
@@ -258,10 +289,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reproject_backward(const at::Tens
                                                     q_acc.const_data_ptr<acc_t>(),
                                                     v_acc.const_data_ptr<acc_t>(),
                                                     qt.const_data_ptr<acc_t>(),
-                                                    gx.mutable_data_ptr<scalar_t>(),
+                                                    joint ? nullptr : gx.mutable_data_ptr<scalar_t>(),
                                                     part_q.mutable_data_ptr<acc_t>(),
                                                     part_v.mutable_data_ptr<acc_t>(),
-                                                    a != nullptr ? a_c.const_data_ptr<acc_t>() : nullptr};
+                                                    a != nullptr ? a_c.const_data_ptr<acc_t>() : nullptr,
+                                                    joint ? gx.mutable_data_ptr<acc_t>() : nullptr};
     run_tasks(args, tasks, GRMSEG_CPU_KERNELS(grm_kernels).get<scalar_t>().reproject_backward);
     sum_partials(args.gqt, B, split.chunks, K, C, gq.mutable_data_ptr<scalar_t>());
     sum_partials(args.gvt, B, split.chunks, K, C, gv.mutable_data_ptr<scalar_t>());
@@ -283,14 +315,22 @@ std::tuple<at::Tensor, at::Tensor> grm_reproject_keep_forward_cpu(const at::Tens
 // ---------------------------------------------------------------------------------------- grm_reproject_backward
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cpu(const at::Tensor& gy, const at::Tensor& x,
                                                                          const at::Tensor& q, const at::Tensor& v) {
-  return reproject_backward(gy, x, q, v, nullptr, "grmseg_C::grm_reproject_backward (CPU)");
+  return reproject_backward(gy, x, q, v, nullptr, false, "grmseg_C::grm_reproject_backward (CPU)");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_cpu(const at::Tensor& gy,
                                                                               const at::Tensor& x, const at::Tensor& a,
                                                                               const at::Tensor& q,
                                                                               const at::Tensor& v) {
-  return reproject_backward(gy, x, q, v, &a, "grmseg_C::grm_reproject_backward_kept (CPU)");
+  return reproject_backward(gy, x, q, v, &a, false, "grmseg_C::grm_reproject_backward_kept (CPU)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_joint_cpu(const at::Tensor& gy,
+                                                                                    const at::Tensor& x,
+                                                                                    const at::Tensor& a,
+                                                                                    const at::Tensor& q,
+                                                                                    const at::Tensor& v) {
+  return reproject_backward(gy, x, q, v, &a, true, "grmseg_C::grm_reproject_backward_kept_joint (CPU)");
 }
 
 }  // namespace grmseg

@@ -31,6 +31,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_cpu(c
                                                                               const at::Tensor& x, const at::Tensor& a,
                                                                               const at::Tensor& q,
                                                                               const at::Tensor& v);
+// The joint pair for a grm_project and a grm_reproject of the same x (grmseg.GRM; see csrc/cpu/kernels/grm_kernel.cpp):
+// the reprojection's backward returns GE [B, K, P] (accumulation dtype, the gradient of its logits q x) in place of
+// gx, and the projection's takes gy, GE and q and returns the whole gx = gy + q^T GE + its own.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_kept_joint_cpu(const at::Tensor& gy,
+                                                                                    const at::Tensor& x,
+                                                                                    const at::Tensor& a,
+                                                                                    const at::Tensor& q,
+                                                                                    const at::Tensor& v);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_project_backward_kept_joint_cpu(
+    const at::Tensor& gh, const at::Tensor& gm, const at::Tensor& x, const at::Tensor& a, const at::Tensor& w,
+    const at::Tensor& b, const at::Tensor& gy, const at::Tensor& ge, const at::Tensor& q);
 at::Tensor grm_reproject_forward_cpu(const at::Tensor& x, const at::Tensor& q, const at::Tensor& v);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grm_reproject_backward_cpu(const at::Tensor& gy, const at::Tensor& x,
                                                                          const at::Tensor& q, const at::Tensor& v);

@@ -145,9 +145,12 @@ class GRM(nn.Module):
         bsz, c, h, w = x.shape
         dt = x.dtype
         flat = x.flatten(2)
-        # flat_tee: flat for the reprojection, so that its gradient is added inside grm_project's backward
-        sums, mass, flat_tee = ops.grm_project_tee(flat, self.vote_weight.to(dt), self.vote_bias.to(dt),
-                                                   backend=self.backend, keep_assignment=self.keep_assignment)
+        vote_w, vote_b = self.vote_weight.to(dt), self.vote_bias.to(dt)
+        # flat_tee: flat for the reprojection, so that its gradient is added inside grm_project's backward; with a
+        # link, both backwards write that gradient in one pass (the CPU kernels)
+        link = ops.joint_link(flat, vote_w, vote_b, backend=self.backend, keep_assignment=self.keep_assignment)
+        sums, mass, flat_tee = ops.grm_project_tee(flat, vote_w, vote_b, backend=self.backend,
+                                                   keep_assignment=self.keep_assignment, link=link)
         centres = sums / (mass.unsqueeze(-1) + self.eps)
         z = torch.matmul(centres, self.node_proj.to(dt))
         if self.embeddings is not None:
@@ -159,5 +162,5 @@ class GRM(nn.Module):
         q = torch.matmul(torch.matmul(z, self.key_proj.to(dt)), self.query_proj.to(dt) * scale)
         v = torch.matmul(z, self.value_proj.to(dt))
         y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=self.backend,
-                              keep_assignment=self.keep_assignment)
+                              keep_assignment=self.keep_assignment, link=link)
         return y.view(bsz, c, h, w)

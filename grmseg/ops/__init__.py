@@ -10,7 +10,7 @@ from grmseg.ops.affinity import boundary_affinity, local_affinity, random_walk
 from grmseg.ops.cam import cam
 from grmseg.ops.crf import dense_crf
 from grmseg.ops.graph import graph_conv
-from grmseg.ops.grm import grm_project, grm_project_tee, grm_reproject
+from grmseg.ops.grm import grm_project, grm_project_tee, grm_reproject, joint_link
 from grmseg.reference import affinity_offsets
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "grm_project",
     "grm_project_tee",
     "grm_reproject",
+    "joint_link",
     "keeps_assignment",
     "local_affinity",
     "random_walk",

@@ -14,7 +14,9 @@ The kernel names and signatures are those of ``grmseg.reference`` with ``_forwar
 functions (``grm_project_forward``, ``grm_project_backward``, ``grm_reproject_forward``, ...). The keep variants
 (``grm_project_keep_forward`` / ``grm_project_backward_kept``, the same for ``grm_reproject``, see
 ``KEEP_VARIANTS``) also return or read the ``[B, K, P]`` assignment; the op layer uses them only where one backend
-runs both (:func:`keeps_assignment`). Kernels get
+runs both (:func:`keeps_assignment`). The joint pair (``grm_reproject_backward_kept_joint`` /
+``grm_project_backward_kept_joint``) is the backward of a projection and a reprojection of the same ``x`` in one
+pass over ``gx`` (``grmseg.GRM``, where the CPU kernels run both: :func:`runs_joint_backward`). Kernels get
 validated tensors (possibly non-contiguous) and return contiguous outputs in the input dtype.
 
 Selection happens at run time inside the registered ``torch.library`` ops, so ``torch.compile`` never traces
@@ -45,6 +47,8 @@ KERNEL_NAMES = (
     "grm_project_backward_kept",
     "grm_reproject_keep_forward",
     "grm_reproject_backward_kept",
+    "grm_reproject_backward_kept_joint",
+    "grm_project_backward_kept_joint",
     "graph_conv_forward",
     "graph_conv_backward",
     "cam_forward",
@@ -191,3 +195,16 @@ def kernel(name: str, device: torch.device, backend: str) -> Callable:
     """The function that implements kernel ``name`` for tensors on ``device``."""
     chosen = _resolve(name, device.type, _requested(backend))
     return getattr(_module(chosen), name)
+
+
+@torch.compiler.assume_constant_result
+def runs_joint_backward(device_type: str, backend: str = "auto") -> bool:
+    """Whether ``grmseg.GRM`` on ``device_type`` runs the joint backward of its projection and reprojection (see
+    ``grm_project_backward_kept_joint``): where one backend other than the reference runs the keep variants of both
+    ops and the joint pair (the CPU kernels). The reference composes the plain kept backwards, as the oracle."""
+    requested = _requested(backend)
+    names = ("grm_reproject_backward_kept_joint", "grm_project_backward_kept_joint",
+             *(KEEP_VARIANTS[f"{op}_{phase}"] for op in ("grm_project", "grm_reproject")
+               for phase in ("forward", "backward")))
+    chosen = {_resolve(name, device_type, requested) for name in names}
+    return len(chosen) == 1 and chosen != {"reference"}

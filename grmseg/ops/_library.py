@@ -127,27 +127,96 @@ def _project_keep_bwd(ctx, gh, gm, ga):
 grm_project_keep.register_autograd(_project_keep_bwd, setup_context=_project_keep_setup)
 
 
+class JointLink:
+    """Joins the backward of a ``GrmProjectTee`` and of the ``GrmReprojectJoint`` of its ``x_tee`` (one per forward
+    call): the reprojection's backward leaves ``(gy, ge, q)`` here instead of returning its ``gx``, and the
+    projection's backward, which autograd runs after it in the same pass (``x_tee`` lies between them), takes them
+    and computes the whole ``gx`` in one pass over the map (``grm_project_backward_kept_joint``)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def put(self, gy: Tensor, ge: Tensor, q: Tensor) -> None:
+        self._parts = (gy, ge, q)
+
+    def take(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        parts, self._parts = self._parts, None
+        return parts
+
+
 class GrmProjectTee(torch.autograd.Function):
     """``grm_project`` that also hands ``x`` on as a view, ``x_tee``: the gradient that reaches ``x`` through
     ``x_tee`` is added inside ``grm_project``'s backward (the CPU kernel adds it in its last product) instead of
-    by autograd in a separate pass over the map. Forward: ``(x, w, b, backend, keep) -> (h, m, x_tee)``; with
-    ``keep``, through ``grm_project_keep`` (the assignment saved for backward)."""
+    by autograd in a separate pass over the map. Forward: ``(x, w, b, backend, keep, link) -> (h, m, x_tee)``;
+    with ``keep``, through ``grm_project_keep`` (the assignment saved for backward); with a ``JointLink`` (and
+    ``keep``), the reprojection of ``x_tee`` hands its part of the gradient over the link instead."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor, backend: str, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
-        ctx.keep = keep
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor, backend: str, keep: bool,
+                link: Optional[JointLink] = None) -> tuple[Tensor, Tensor, Tensor]:
+        ctx.keep, ctx.link = keep, link
         if keep:
             h, m, a = grm_project_keep(x, w, b, backend)
             _project_keep_save(ctx, x, w, b, a, backend)
         else:
             h, m = grm_project(x, w, b, backend)
             _project_setup(ctx, (x, w, b, backend), (h, m))
+        if link is not None:
+            ctx.set_materialize_grads(False)  # no [B, C, P] of zeros for the x_tee gradient the link replaces
         return h, m, x.view_as(x)
 
     @staticmethod
-    def backward(ctx, gh: Tensor, gm: Tensor, gx_tee: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
-        grads = _project_keep_grads(ctx, gh, gm, gx_tee) if ctx.keep else _project_grads(ctx, gh, gm, gx_tee)
-        return (*grads, None)
+    def backward(ctx, gh: Tensor, gm: Tensor, gx_tee: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None, None]:
+        parts = ctx.link.take() if ctx.link is not None else None
+        if parts is not None:
+            grads = _project_joint_grads(ctx, gh, gm, *parts)
+            if gx_tee is not None:  # x_tee also used elsewhere
+                grads = (grads[0] + gx_tee, *grads[1:])
+        elif ctx.link is not None:
+            grads = _project_keep_grads(ctx, *_materialized(ctx, gh, gm), gx_tee)
+        else:
+            grads = _project_keep_grads(ctx, gh, gm, gx_tee) if ctx.keep else _project_grads(ctx, gh, gm, gx_tee)
+        return (*grads, None, None)
+
+
+def _materialized(ctx, gh: Optional[Tensor], gm: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """gh [B, K, C] and gm [B, K] of a GrmProjectTee whose gradients were not materialised: zeros for None."""
+    x, w = ctx.saved_tensors[:2]
+    shape = (x.shape[0], w.shape[0])
+    return (x.new_zeros(*shape, x.shape[1]) if gh is None else gh, x.new_zeros(shape) if gm is None else gm)
+
+
+def _project_joint_grads(ctx, gh, gm, gy, ge, q):
+    """(gx, gw, gb, None) of a GrmProjectTee with a JointLink: its own and its reprojection's gradient of x in one
+    pass."""
+    x, w, b, a = ctx.saved_tensors
+    gh, gm = _materialized(ctx, gh, gm)
+    gx, gw, gb = _run("grm_project_backward_kept_joint", x.device, ctx.backend, gh.to(x.dtype), gm.to(x.dtype), x,
+                      a, w, b, gy, ge, q)
+    return gx, gw, gb, None
+
+
+class GrmReprojectJoint(torch.autograd.Function):
+    """``grm_reproject`` with the assignment kept whose backward leaves ``(gy, ge, q)`` on a ``JointLink`` for the
+    ``GrmProjectTee`` that made its ``x`` and returns no gradient for ``x`` itself (see ``JointLink``). Forward:
+    ``(x_tee, q, v, backend, link) -> y``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q: Tensor, v: Tensor, backend: str, link: JointLink) -> Tensor:
+        y, a = _run("grm_reproject_keep_forward", x.device, backend, x, q, v)
+        ctx.save_for_backward(x, a, q, v)
+        ctx.backend, ctx.link = backend, link
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: Tensor) -> tuple[None, Tensor, Tensor, None, None]:
+        x, a, q, v = ctx.saved_tensors
+        gy = gy.to(x.dtype)
+        ge, gq, gv = _run("grm_reproject_backward_kept_joint", x.device, ctx.backend, gy, x, a, q, v)
+        ctx.link.put(gy, ge, q)
+        return None, gq, gv, None, None
 
 
 # -------------------------------------------------------------------------------------------- grm_reproject

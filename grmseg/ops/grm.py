@@ -54,8 +54,34 @@ def grm_project(
     return _library.grm_project(x, w, b, backend)
 
 
-def grm_project_tee(
+def joint_link(
     x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto", keep_assignment: bool = True
+) -> _library.JointLink | None:
+    """A link that joins the backward of ``grm_project_tee(x, w, b)`` and of ``grm_reproject(x_tee, q, v)`` into
+    one pass over the gradient of ``x``, or None where it does not apply.
+
+    Pass the same link to both calls (``link=``). The reprojection's backward then hands the gradient of its logits
+    (``[B, K, P]``) to the projection's, whose product that writes ``gx`` also adds ``gy + q^T ge``: one
+    ``[B, C, P]`` map written and read fewer per step (``grmseg.GRM`` does this). It applies where both ops keep their
+    assignment (``keep_assignment`` and a backend that keeps it) and one backend other than the reference runs the
+    joint kernels (the CPU kernels), in eager mode (not while ``torch.compile`` traces).
+
+    Args:
+        x, w, b, backend, keep_assignment: as for :func:`grm_project_tee`.
+
+    Returns:
+        A fresh link for one forward call, or None (then call both ops without it).
+    """
+    if torch.compiler.is_compiling() or not _keeps("grm_project", keep_assignment, backend, x, w, b):
+        return None
+    if not _backends.keeps_assignment("grm_reproject", x.device.type, backend):
+        return None
+    return _library.JointLink() if _backends.runs_joint_backward(x.device.type, backend) else None
+
+
+def grm_project_tee(
+    x: Tensor, w: Tensor, b: Tensor, *, backend: str = "auto", keep_assignment: bool = True,
+    link: _library.JointLink | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`grm_project` that also hands ``x`` on: ``(h, m, x_tee)``, ``x_tee`` a view of ``x``.
 
@@ -67,13 +93,23 @@ def grm_project_tee(
 
     Args:
         x, w, b, backend, keep_assignment: as for :func:`grm_project`.
+        link: from :func:`joint_link` (the same one for the :func:`grm_reproject` of ``x_tee``), or None.
 
     Returns:
         ``h [B, K, C]``, ``m [B, K]`` as :func:`grm_project`, and ``x_tee [B, C, P]`` (``x`` itself, as a view).
     """
     _check_project("grm_project_tee", x, w, b, backend)
+    _check_link("grm_project_tee", link)
     keep = _keeps("grm_project", keep_assignment, backend, x, w, b)
-    return _library.GrmProjectTee.apply(x, w, b, backend, keep)
+    if link is not None and not keep:
+        raise ValueError("grm_project_tee: argument 'link' needs the assignment kept (see joint_link)")
+    return _library.GrmProjectTee.apply(x, w, b, backend, keep, link)
+
+
+def _check_link(op: str, link: object) -> None:
+    if link is not None and not isinstance(link, _library.JointLink):
+        raise TypeError(f"{op}: argument 'link' must come from grmseg.ops.joint_link or be None, "
+                        f"got {type(link).__name__}")
 
 
 def _check_project(op: str, x: Tensor, w: Tensor, b: Tensor, backend: str) -> None:
@@ -90,7 +126,8 @@ def _check_project(op: str, x: Tensor, w: Tensor, b: Tensor, backend: str) -> No
 
 
 def grm_reproject(
-    x: Tensor, q: Tensor, v: Tensor, *, backend: str = "auto", keep_assignment: bool = True
+    x: Tensor, q: Tensor, v: Tensor, *, backend: str = "auto", keep_assignment: bool = True,
+    link: _library.JointLink | None = None,
 ) -> Tensor:
     """Node-to-pixel mapping with the residual fused: ``y = x + v^T softmax_K(q x)``.
 
@@ -100,6 +137,8 @@ def grm_reproject(
         backend: as for :func:`grm_project`.
         keep_assignment: keep ``softmax_K(q x) [B, K, P]`` for the backward where the backend can (see
             :mod:`grmseg.ops.grm`).
+        link: the :func:`joint_link` given to the :func:`grm_project_tee` that made ``x`` (its ``x_tee``), or None.
+            With it the gradient of ``x`` from this op is added inside that op's backward.
 
     Returns:
         ``y [B, C, P]`` in the dtype of ``x``.
@@ -118,6 +157,12 @@ def grm_reproject(
     check.same_dtype(op, "x", x, q=q, v=v)
     check.same_device(op, "x", x, q=q, v=v)
     check_backend_name(backend)
+    _check_link(op, link)
+    if link is not None:
+        if not keep_assignment:
+            raise ValueError("grm_reproject: argument 'link' needs keep_assignment=True (see joint_link)")
+        if torch.is_grad_enabled():
+            return _library.GrmReprojectJoint.apply(x, q, v, backend, link)
     if _keeps(op, keep_assignment, backend, x, q, v):
         return _library.grm_reproject_keep(x, q, v, backend)[0]
     return _library.grm_reproject(x, q, v, backend)

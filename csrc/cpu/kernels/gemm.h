@@ -197,11 +197,12 @@ inline void stream_fence() {
 // ------------------------------------------------------------------------------------------------ gemm_nn
 // Rows [0, M) of C over `blocks` column blocks of NV vectors: C[i][j] = C0[i][j] (or 0 when c0 is null) +
 // sum_k A(i, k) B[k][j]. C0 may alias C. Block j also prefetches rows [pf_row, pf_row + pf_rows) of pf, its share
-// of pf_step bytes. With `stream`, C is written with streaming stores (C and ldc aligned: see can_stream).
-template <typename T, int M, int NV>
+// of pf_step bytes. With `stream`, C is written with streaming stores (C and ldc aligned: see can_stream). With
+// Pack, every vector of B read is also stored at the same place of pk (rows of ldpk): B copied on the way.
+template <typename T, int M, int NV, bool Pack>
 void nn_block(int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_t ldb, const T* c0,
               int64_t ldc0, T* c, int64_t ldc, int64_t blocks, const Prefetch* pf, int64_t pf_row,
-              int64_t pf_rows, int64_t pf_step, bool stream) {
+              int64_t pf_rows, int64_t pf_step, bool stream, T* pk, int64_t ldpk) {
   using V = Vec<T>;
   constexpr int64_t VL = kVL<T>, NB = NV * VL;
   for (int64_t jb = 0; jb < blocks; ++jb) {
@@ -226,6 +227,10 @@ void nn_block(int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_
       V bv[NV];
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) bv[v] = V::loadu(bk + v * VL);
+      if constexpr (Pack) {
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) bv[v].store(pk + k * ldpk + j0 + v * VL);
+      }
 #pragma GCC unroll 16
       for (int i = 0; i < M; ++i) {
         const V ai(ak[i * sa]);
@@ -249,36 +254,46 @@ void nn_block(int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_
 
 template <typename T>
 using NnFn = void (*)(int64_t, const T*, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t,
-                      int64_t, const Prefetch*, int64_t, int64_t, int64_t, bool);
+                      int64_t, const Prefetch*, int64_t, int64_t, int64_t, bool, T*, int64_t);
 
-template <typename T, int NV, int... R>
+template <typename T, int NV, bool Pack, int... R>
 constexpr std::array<NnFn<T>, sizeof...(R)> nn_table(std::integer_sequence<int, R...>) {
-  return {&nn_block<T, R + 1, NV>...};
+  return {&nn_block<T, R + 1, NV, Pack>...};
 }
 
 // C[m][n] = C0[m][n] (or 0 when c0 is null) + sum_{k < kd} A(i, k) B[k][n], A(i, k) = a[i * sa + k * sk].
 // n is a multiple of the vector length. c0 may be c. `next`: prefetched on the way, rows [0, m) (see Prefetch).
-// `stream`: C written with streaming stores (requires can_stream(c, ldc)).
+// `stream`: C written with streaming stores (requires can_stream(c, ldc)). `pack` (rows of ld_pack): B [kd][n] is
+// also copied there, by the first block of rows as it reads B, and the other blocks read it from there. (For a B
+// whose rows alias in the caches, a power of two apart: read once where it lies, then from the copy.)
 template <typename T>
 void gemm_nn(int64_t m, int64_t n, int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_t ldb,
-             const T* c0, int64_t ldc0, T* c, int64_t ldc, const Prefetch& next = {}, bool stream = false) {
-  static constexpr auto full = nn_table<T, kNnVecs>(std::make_integer_sequence<int, kNnRows>());
-  static constexpr auto single = nn_table<T, 1>(std::make_integer_sequence<int, kNnRows>());
+             const T* c0, int64_t ldc0, T* c, int64_t ldc, const Prefetch& next = {}, bool stream = false,
+             T* pack = nullptr, int64_t ld_pack = 0) {
+  static constexpr auto full = nn_table<T, kNnVecs, false>(std::make_integer_sequence<int, kNnRows>());
+  static constexpr auto single = nn_table<T, 1, false>(std::make_integer_sequence<int, kNnRows>());
+  static constexpr auto full_pack = nn_table<T, kNnVecs, true>(std::make_integer_sequence<int, kNnRows>());
+  static constexpr auto single_pack = nn_table<T, 1, true>(std::make_integer_sequence<int, kNnRows>());
   constexpr int64_t VL = kVL<T>, NB = kNnVecs * VL;
   const int64_t blocks = n / NB, tail = (n - blocks * NB) / VL;
   const Prefetch* pf = next.p != nullptr ? &next : nullptr;
   // each column block prefetches its share of the rows' bytes; the tail vectors the rest
   const int64_t step = blocks > 0 ? (next.bytes + blocks - 1) / blocks : 0;
   for_row_blocks(m, kNnRows, [&](int64_t i0, int64_t rows) {
+    const bool packs = pack != nullptr && i0 == 0;
+    const T* bi = pack != nullptr && i0 > 0 ? pack : b;
+    const int64_t ldbi = pack != nullptr && i0 > 0 ? ld_pack : ldb;
     const T* c0i = c0 == nullptr ? nullptr : c0 + i0 * ldc0;
     if (blocks > 0) {
-      full[rows - 1](kd, a + i0 * sa, sa, sk, b, ldb, c0i, ldc0, c + i0 * ldc, ldc, blocks, pf, i0, rows, step,
-                     stream);
+      (packs ? full_pack : full)[rows - 1](kd, a + i0 * sa, sa, sk, bi, ldbi, c0i, ldc0, c + i0 * ldc, ldc, blocks,
+                                           pf, i0, rows, step, stream, pack, ld_pack);
     }
     if (tail > 0) {
       const int64_t j0 = blocks * NB;
-      single[rows - 1](kd, a + i0 * sa, sa, sk, b + j0, ldb, c0i == nullptr ? nullptr : c0i + j0, ldc0,
-                       c + i0 * ldc + j0, ldc, tail, blocks > 0 ? nullptr : pf, i0, rows, next.bytes, stream);
+      (packs ? single_pack : single)[rows - 1](kd, a + i0 * sa, sa, sk, bi + j0, ldbi,
+                                               c0i == nullptr ? nullptr : c0i + j0, ldc0, c + i0 * ldc + j0, ldc,
+                                               tail, blocks > 0 ? nullptr : pf, i0, rows, next.bytes, stream,
+                                               pack == nullptr ? nullptr : pack + j0, ld_pack);
     }
   });
 }

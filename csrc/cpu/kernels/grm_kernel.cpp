@@ -8,14 +8,19 @@
 //   grm_reproject forward   E = Q X;  A = softmax_K(E);  y = X + V^T A
 //   grm_reproject backward  E = Q X;  A = softmax_K(E);  GA = V GY;  gv += A GY^T;
 //                           GE = A * (GA - colsum(A * GA));  gq += GE X^T;  gx = GY + Q^T GE
+// The joint pair (grm_reproject then grm_project backward on the same x, as in grmseg.GRM): the reprojection stores
+// GE ([B, K, P], acc type) instead of its gx, and the projection's gx product takes Q^T along: gx = GY +
+// [Q^T GH^T W^T] [GE; A; GS], one pass over gx instead of two (for fp32 and fp64 bitwise the two passes' result:
+// the same sums in the same order).
 // With the assignment pointer set, the forwards also store A ([B, K, P], acc type) and the backwards read it
 // instead of recomputing it (grm_project backward then multiplies X by GH alone, K rows instead of 2K; grm_reproject
 // backward skips E = Q X and its softmax).
 // The products are gemm_nn (reduction over C or K: broadcasts of the small matrix against pixel vectors) and
 // gemm_nt (reduction over the tile's pixels, with horizontal sums per tile; the [K, C] partials are kept
 // transposed, [C, K]), both register-blocked in csrc/cpu/kernels/gemm.h; the tiles that a gemm_nn walks down are
-// copied into buffers with a padded row stride first (x of grm_reproject backward with the kept assignment, read
-// by gemm_nt alone, is read in place); the softmax runs over K with the pixels in the vector lanes.
+// copied into buffers with a padded row stride, by the first product that reads them where the map allows (see
+// read_map_tile), else first (x of grm_reproject backward with the kept assignment, read by gemm_nt alone, is read
+// in place); the softmax runs over K with the pixels in the vector lanes.
 
 #include "cpu/kernels/grm_kernel.h"
 
@@ -109,6 +114,23 @@ const acc_type<T>* map_tile_in_place(const MapView<T>& m, const Tile& t) {
   return nullptr;
 }
 
+// How the first product of a tile reads tile t of the map m: where it lies, copying it into buf on the way (gemm_nn's
+// pack), where map_tile_in_place allows; else from buf, copied there first (load_map_tile). Either way the tile is
+// in buf (row stride tile_ld) once that product is done.
+template <typename T>
+struct TileRead {
+  const acc_type<T>* b;  // the product's B operand
+  int64_t ldb;           // its row stride
+  acc_type<T>* pack;     // where that product copies it (null: copied already)
+};
+
+template <typename T>
+TileRead<T> read_map_tile(const MapView<T>& m, int64_t C, const Tile& t, acc_type<T>* buf) {
+  if (const acc_type<T>* in_place = map_tile_in_place(m, t)) return {in_place, m.sc, buf};
+  load_map_tile<T>(m, C, t, buf);
+  return {buf, tile_ld<acc_type<T>>(kT), nullptr};
+}
+
 // The last product of a tile, into the output map: out[:, p0 : p0 + np] = C0 + A B, with A [C, kd] (row stride kd),
 // B a tile buffer of row stride ld and C0 rows of ldc0 (c0 null: no C0). Straight into the map with streaming
 // stores where direct_output allows, else into buf (row stride ld, which may be c0) and from there through
@@ -163,9 +185,9 @@ void project_forward(const ProjectForwardArgs<T>& a, int64_t begin, int64_t end)
     m = zeroed_slot(a.m, task, K);
   };
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
-    load_map_tile<T>(a.x, C, t, X);
+    const TileRead<T> xr = read_map_tile(a.x, C, t, X);
     fill_rows(S, K, ld, t.nc, a.b);
-    gemm_nn<acc_t>(K, t.nc, C, a.w, C, 1, X, ld, S, ld, S, ld);  // S = W X + b
+    gemm_nn<acc_t>(K, t.nc, C, a.w, C, 1, xr.b, xr.ldb, S, ld, S, ld, {}, false, xr.pack, ld);  // S = W X + b
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                 // A
     if (a.a != nullptr) store_assignment_tile(S, ld, a.a, K, s.P, t);
     for (int64_t k = 0; k < K; ++k) m[k] += sum_vec<acc_t>(S + k * ld, t.nc);
@@ -180,9 +202,13 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
   const GrmSplit& s = a.s;
   const int64_t C = s.C, K = s.K, P = s.P;
   const bool stream = streams_output<T>(s);
-  Scratch<acc_t> xbuf(C * ld), zbuf(2 * K * ld);
+  const bool joint = a.ge != nullptr;
+  const int64_t nk = joint ? 3 * K : 2 * K;  // the reduction of gx's product
+  Scratch<acc_t> xbuf(C * ld), zbuf(nk * ld);
   acc_t* X = xbuf.data();  // X, then gx
-  acc_t* Z = zbuf.data();  // rows [0, K): S -> A; rows [K, 2K): G -> GS
+  // joint: GE in rows [0, K), first in gx's reduction, where its own product was (gy + Q^T GE, then the rest)
+  acc_t* GE = zbuf.data();
+  acc_t* Z = GE + (joint ? K * ld : 0);  // rows [0, K) of Z: S -> A; rows [K, 2K): G -> GS
   acc_t* G = Z + K * ld;
   acc_t *gwt = nullptr, *gb = nullptr;
   const auto on_task = [&](int64_t task, int64_t) {
@@ -194,10 +220,11 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
   acc_t* Zw = kept ? G : Z;             // where their product goes
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
     const acc_t* wg = a.wg + t.bi * nw * C;
-    const acc_t* nt = a.nt + t.bi * C * 2 * K;
-    load_map_tile<T>(a.x, C, t, X);
+    const acc_t* nt = a.nt + t.bi * C * nk;
+    const TileRead<T> xr = read_map_tile(a.x, C, t, X);
     fill_rows(Zw, nw, ld, t.nc, a.bg + t.bi * nw);
-    gemm_nn<acc_t>(nw, t.nc, C, wg, C, 1, X, ld, Zw, ld, Zw, ld);  // [S; G] = [W; GH] X + [b; gm] (kept: G only)
+    gemm_nn<acc_t>(nw, t.nc, C, wg, C, 1, xr.b, xr.ldb, Zw, ld, Zw, ld, {}, false, xr.pack,
+                   ld);  // [S; G] = [W; GH] X + [b; gm] (kept: G only)
     if (kept) {
       load_assignment_tile(a.a, K, P, t, Z, ld);  // A
     } else {
@@ -206,8 +233,9 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     softmax_backward_columns<acc_t>(Z, G, K, ld, t.nc);  // GS
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K, this_tile(a.gx_base, t));  // gw^T += X GS^T
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
-    // gx = [gx_base +] [GH^T W^T] [A; GS], straight to gx when it can be, else through X; gx_base read in place
-    // when it can be, else copied into X
+    if (joint) load_assignment_tile(a.ge, K, P, t, GE, ld);  // GE of the reprojection
+    // gx = [gx_base +] [(Q^T) GH^T W^T] [(GE;) A; GS], straight to gx when it can be, else through X; gx_base read
+    // in place when it can be, else copied into X
     const acc_t* base = nullptr;
     int64_t ldb = ld;
     if (a.gx_base.data != nullptr) {
@@ -219,7 +247,7 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
         base = X;
       }
     }
-    product_to_map<T, acc_t>(C, 2 * K, nt, Z, base, ldb, X, ld, a.gx + t.bi * C * P, P, t, stream,
+    product_to_map<T, acc_t>(C, nk, nt, GE, base, ldb, X, ld, a.gx + t.bi * C * P, P, t, stream,
                              next_tile(a.x, s, t.bi, t.p0));
   });
   stream_fence();
@@ -235,8 +263,9 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
   Scratch<acc_t> xbuf(C * ld), sbuf(K * ld);
   acc_t *X = xbuf.data(), *S = sbuf.data();  // X, then y
   for_each_tile<acc_t>(s, begin, end, [](int64_t, int64_t) {}, [&](const Tile& t) {
-    load_map_tile<T>(a.x, C, t, X);
-    gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, X, ld, nullptr, 0, S, ld);  // E = Q X
+    const TileRead<T> xr = read_map_tile(a.x, C, t, X);
+    gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, xr.b, xr.ldb, nullptr, 0, S, ld, {}, false, xr.pack,
+                   ld);  // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
     if (a.a != nullptr) store_assignment_tile(S, ld, a.a, K, P, t);
     // y = X + V^T A, straight to y when it can be, else in place in X
@@ -268,25 +297,29 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
     // With the kept assignment only gq's product reads x, row by row (the rows' power-of-two distance does not
     // matter there): in place where the tile can be, prefetched during gv's product; else copied.
     const acc_t* xt = kept ? map_tile_in_place(a.x, t) : nullptr;
-    const int64_t ldx = xt != nullptr ? a.x.sc : ld;
-    if (xt == nullptr) {
-      load_map_tile<T>(a.x, C, t, X);
-      xt = X;
-    }
-    const bool x_in_place = xt != X;
-    load_map_tile<T>(a.gy, C, t, GY);
+    const bool x_in_place = xt != nullptr;
+    const int64_t ldx = x_in_place ? a.x.sc : ld;
+    const TileRead<T> gyr = read_map_tile(a.gy, C, t, GY);
     if (kept) {
-      load_assignment_tile(a.a, K, P, t, S, ld);                                           // A (kept)
+      if (!x_in_place) load_map_tile<T>(a.x, C, t, X);
+      load_assignment_tile(a.a, K, P, t, S, ld);  // A (kept)
     } else {
-      gemm_nn<acc_t>(K, t.nc, C, q, C, 1, X, ld, nullptr, 0, S, ld);                      // E = Q X
-      softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                        // A
+      const TileRead<T> xr = read_map_tile(a.x, C, t, X);
+      gemm_nn<acc_t>(K, t.nc, C, q, C, 1, xr.b, xr.ldb, nullptr, 0, S, ld, {}, false, xr.pack, ld);  // E = Q X
+      softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                                // A
     }
+    if (!x_in_place) xt = X;
     const Prefetch next_gy = next_tile(a.gy, s, t.bi, t.p0);
-    gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, GY, ld, nullptr, 0, G, ld);      // GA = V GY
+    gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, gyr.b, gyr.ldb, nullptr, 0, G, ld, {}, false, gyr.pack,
+                   ld);                                                                    // GA = V GY
     gemm_nt<acc_t>(K, C, t.nc, S, ld, GY, ld, gvt, K,
                    x_in_place ? this_tile(a.x, t) : next_gy);                              // gv^T += GY A^T
     softmax_backward_columns<acc_t>(S, G, K, ld, t.nc);                                    // GE
     gemm_nt<acc_t>(K, C, t.nc, G, ld, xt, ldx, gqt, K, x_in_place ? next_gy : Prefetch{});  // gq^T += X GE^T
+    if (a.ge != nullptr) {  // GE handed on (ReprojectBackwardArgs::ge)
+      store_assignment_tile(G, ld, a.ge, K, P, t);
+      return;
+    }
     // gx = GY + Q^T GE, straight to gx when it can be, else in place in GY
     product_to_map<T, acc_t>(C, K, a.qt + t.bi * C * K, G, GY, ld, GY, ld, a.gx + t.bi * C * P, P, t, stream,
                              x_in_place ? Prefetch{} : next_tile(a.x, s, t.bi, t.p0));

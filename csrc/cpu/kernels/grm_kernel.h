@@ -43,12 +43,15 @@ struct ProjectBackwardArgs {
   MapView<T> x;
   const acc_type<T>* wg;  // [B, 2K, C]: w, then gh of the batch element (a given: [B, K, C], gh)
   const acc_type<T>* bg;  // [B, 2K]: b, then gm (a given: [B, K], gm)
-  const acc_type<T>* nt;  // [B, C, 2K]: gh^T next to w^T
+  const acc_type<T>* nt;  // [B, C, 2K]: gh^T next to w^T (ge given: [B, C, 3K], q^T first)
   MapView<T> gx_base;     // added to gx (any strides); data null: nothing
   T* gx;
   acc_type<T>* gwt;  // [tasks, C, K]
   acc_type<T>* gb;  // [tasks, K]
   const acc_type<T>* a = nullptr;  // [B, K, P]: the kept assignment, or null (recomputed)
+  // [B, K, P]: GE of a grm_reproject of the same x (ReprojectBackwardArgs::ge), or null. When given, nt holds
+  // [q; gh; w]^T ([B, C, 3K]) and gx also gets q^T GE: the reprojection's gx product joined to this one.
+  const acc_type<T>* ge = nullptr;
 };
 
 // y [B, C, P] (contiguous) = x + v^T softmax_K(q x).
@@ -74,6 +77,9 @@ struct ReprojectBackwardArgs {
   acc_type<T>* gqt;  // [tasks, C, K]
   acc_type<T>* gvt;  // [tasks, C, K]
   const acc_type<T>* a = nullptr;  // [B, K, P]: the kept assignment, or null (recomputed)
+  // [B, K, P]: when not null, GE (the gradient of the logits q x) goes here and gx (null) is not computed: a
+  // grm_project backward of the same x adds gy + q^T GE to its own gx (ProjectBackwardArgs::ge).
+  acc_type<T>* ge = nullptr;
 };
 
 template <typename T>

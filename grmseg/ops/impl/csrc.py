@@ -180,6 +180,20 @@ def grm_reproject_backward_kept(gy: Tensor, x: Tensor, a: Tensor, q: Tensor, v: 
     return _ops().grm_reproject_backward_kept(gy, x, a, q, v)
 
 
+def grm_reproject_backward_kept_joint(
+    gy: Tensor, x: Tensor, a: Tensor, q: Tensor, v: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``ge [B, K, P], gq, gv`` of ``grm_reproject`` from the kept assignment, for a joint backward (CPU kernels)."""
+    return _ops().grm_reproject_backward_kept_joint(gy, x, a, q, v)
+
+
+def grm_project_backward_kept_joint(
+    gh: Tensor, gm: Tensor, x: Tensor, a: Tensor, w: Tensor, b: Tensor, gy: Tensor, ge: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``gx, gw, gb`` of ``grm_project`` from the kept assignment, ``gx`` with ``gy + q^T ge`` added (CPU kernels)."""
+    return _ops().grm_project_backward_kept_joint(gh, gm, x, a, w, b, gy, ge, q)
+
+
 def graph_conv_forward(
     z: Tensor, adj: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "leaky_relu"
 ) -> Tensor:
