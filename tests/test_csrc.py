@@ -7,6 +7,8 @@ These tests fail, never skip, when grmseg._C is missing: `make build` builds it.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from _tolerance import assert_close
@@ -426,6 +428,31 @@ def test_cpu_grm_kernels_do_not_depend_on_earlier_calls(name):
         poisoned[key][:, 1::3] = float("nan")
     _run(name, poisoned)
     assert all(torch.equal(a, b) for a, b in zip(first, _run(name, t)))
+
+
+def _huge_page_advised(ptr: int, nbytes: int) -> bool:
+    """Whether a mapping of this process that overlaps [ptr, ptr + nbytes) carries MADV_HUGEPAGE ("hg")."""
+    overlaps = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:  # a mapping's first line: "start-end perms ..."
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                overlaps = lo < ptr + nbytes and ptr < hi
+            elif overlaps and line.startswith("VmFlags:") and "hg" in line.split()[1:]:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"), reason="Linux with huge pages only")
+def test_cpu_large_outputs_are_advised_for_huge_pages():
+    """Outputs of 4 MiB and more (the maps of grm_reproject / grm_project) are marked for transparent huge pages
+    before their first write, so that they fault in 2 MiB at a time."""
+    t = _grm_inputs(1, 64, 20000, 3, dtype=torch.float32)  # y: 5 MB
+    y = ops.grm_reproject_keep_forward(t["x"], t["q"], t["v"])[0]
+    assert _huge_page_advised(y.data_ptr(), y.numel() * 4)
+    gx = ops.grm_project_backward(t["gh"], t["gm"], t["x"], t["w"], t["b"])[0]
+    assert _huge_page_advised(gx.data_ptr(), gx.numel() * 4)
 
 
 @pytest.mark.parametrize("name", list(GRM_KERNELS))

@@ -16,6 +16,7 @@
 
 #include "cpu/grm_project_cpu.h"
 #include "cpu/kernels/grm_kernel.h"
+#include "cpu/output.h"
 #include "cpu/parallel.h"
 #include "grm_project.h"
 #include "grm_reproject.h"
@@ -91,7 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_forward(const at::Tensor&
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   at::Tensor h = at::empty({B, K, C}, x.options());
   at::Tensor m = at::empty({B, K}, x.options());
-  at::Tensor a = at::empty(keep ? std::vector<int64_t>{B, K, P} : std::vector<int64_t>{0}, x.options().dtype(acc));
+  at::Tensor a = cpu::empty_output(keep ? std::vector<int64_t>{B, K, P} : std::vector<int64_t>{0},
+                                   x.options().dtype(acc));
   if (B == 0 || K == 0 || P == 0) return {h.zero_(), m.zero_(), a};
   const at::Tensor w_acc = acc_contiguous(w, acc), b_acc = acc_contiguous(b, acc);
   const cpu::GrmSplit split = make_split(B, C, P, K);
@@ -157,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> project_backward(const at::Tensor
                 joint->q.device());
   }
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = w.size(0);
-  at::Tensor gx = at::empty({B, C, P}, x.options());
+  at::Tensor gx = cpu::empty_output({B, C, P}, x.options());
   at::Tensor gw = at::empty({K, C}, w.options());
   at::Tensor gb = at::empty({K}, b.options());
   if (B == 0 || K == 0 || P == 0) {
@@ -237,8 +239,9 @@ std::tuple<at::Tensor, at::Tensor> reproject_forward(const at::Tensor& x, const 
   check_reproject_inputs(x, q, v, c10::DeviceType::CPU, who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = q.size(1);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
-  at::Tensor y = at::empty({B, C, P}, x.options());
-  at::Tensor a = at::empty(keep ? std::vector<int64_t>{B, K, P} : std::vector<int64_t>{0}, x.options().dtype(acc));
+  at::Tensor y = cpu::empty_output({B, C, P}, x.options());
+  at::Tensor a = cpu::empty_output(keep ? std::vector<int64_t>{B, K, P} : std::vector<int64_t>{0},
+                                   x.options().dtype(acc));
   if (B == 0 || P == 0) return {y, a};
   if (C == 0 || K == 0) {  // no scores: the softmax of K zeros (nothing when K = 0)
     if (keep) a.fill_(K > 0 ? 1.0 / static_cast<double>(K) : 0.0);
@@ -270,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reproject_backward(const at::Tens
   if (a != nullptr) check_assignment(*a, x, q.size(1), who);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2), K = q.size(1);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
-  at::Tensor gx = joint ? at::empty({B, K, P}, x.options().dtype(acc)) : at::empty({B, C, P}, x.options());
+  at::Tensor gx = joint ? cpu::empty_output({B, K, P}, x.options().dtype(acc)) : cpu::empty_output({B, C, P}, x.options());
   at::Tensor gq = at::empty({B, K, C}, q.options());
   at::Tensor gv = at::empty({B, K, C}, v.options());
   if (B == 0 || C == 0 || K == 0 || P == 0) return {joint ? gx.zero_() : gx.copy_(gy), gq.zero_(), gv.zero_()};
