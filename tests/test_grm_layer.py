@@ -243,6 +243,21 @@ def test_joint_link_argument_errors():
         grmseg.ops.grm_project_tee(x, w, b, backend="csrc", keep_assignment=False, link=link)
     with pytest.raises(ValueError, match="'link' needs keep_assignment=True"):
         grmseg.ops.grm_reproject(x, q, v, backend="csrc", keep_assignment=False, link=link)
+    # a link reprojects only the x_tee of its own projection, once: else x's gradient would silently miss a part
+    with pytest.raises(ValueError, match="'link' belongs to another x"):
+        grmseg.ops.grm_reproject(x, q, v, backend="csrc", link=link)  # before any projection
+    _, _, x_tee = grmseg.ops.grm_project_tee(x, w, b, backend="csrc", link=link)
+    with pytest.raises(ValueError, match="already serves another projection"):
+        grmseg.ops.grm_project_tee(x, w, b, backend="csrc", link=link)
+    with pytest.raises(ValueError, match="'link' belongs to another x"):
+        grmseg.ops.grm_reproject(x, q, v, backend="csrc", link=link)  # x itself, not its x_tee
+    y = grmseg.ops.grm_reproject(x_tee, q, v, backend="csrc", link=link)
+    with pytest.raises(ValueError, match="already serves another reprojection"):
+        grmseg.ops.grm_reproject(x_tee, q, v, backend="csrc", link=link)
+    gx = torch.autograd.grad(y, x, torch.ones_like(y))[0]
+    torch.testing.assert_close(gx, torch.autograd.grad(
+        grmseg.ops.grm_reproject(grmseg.ops.grm_project_tee(x, w, b, backend="reference")[2], q, v,
+                                 backend="reference"), x, torch.ones_like(y))[0])
 
 
 def test_torch_compile_traces_the_keeping_ops_where_the_layer_keeps():

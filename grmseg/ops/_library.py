@@ -10,6 +10,7 @@ The trailing ``backend`` string is ``"auto"`` or a backend name (see ``grmseg.op
 
 # ruff: noqa: UP045 - torch.library infers the schemas from these annotations: Optional[Tensor] on every torch
 # No `from __future__ import annotations` here for the same reason: the annotations must be real types.
+import weakref
 from typing import Optional
 
 import torch
@@ -133,10 +134,27 @@ class JointLink:
     projection's backward, which autograd runs after it in the same pass (``x_tee`` lies between them), takes them
     and computes the whole ``gx`` in one pass over the map (``grm_project_backward_kept_joint``)."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_claimed", "_parts", "_tee")
 
     def __init__(self) -> None:
         self._parts: tuple[Tensor, Tensor, Tensor] | None = None
+        self._tee: weakref.ref | None = None  # the x_tee the projection handed on (weak: no cycle through ctx)
+        self._claimed = False
+
+    def bind(self, x_tee: Tensor) -> None:
+        """Record the ``x_tee`` of the projection this link serves (once)."""
+        if self._tee is not None:
+            raise ValueError("grm_project_tee: this link already serves another projection: one link per call")
+        self._tee = weakref.ref(x_tee)
+
+    def claim(self, x: Tensor) -> None:
+        """Check that ``x`` is the bound ``x_tee`` and that no other reprojection took the link."""
+        if self._tee is None or self._tee() is not x:
+            raise ValueError("grm_reproject: argument 'link' belongs to another x: pass the x_tee that the "
+                             "grm_project_tee given this link returned")
+        if self._claimed:
+            raise ValueError("grm_reproject: this link already serves another reprojection: one link per call")
+        self._claimed = True
 
     def put(self, gy: Tensor, ge: Tensor, q: Tensor) -> None:
         self._parts = (gy, ge, q)

@@ -103,7 +103,10 @@ def grm_project_tee(
     keep = _keeps("grm_project", keep_assignment, backend, x, w, b)
     if link is not None and not keep:
         raise ValueError("grm_project_tee: argument 'link' needs the assignment kept (see joint_link)")
-    return _library.GrmProjectTee.apply(x, w, b, backend, keep, link)
+    h, m, x_tee = _library.GrmProjectTee.apply(x, w, b, backend, keep, link)
+    if link is not None:
+        link.bind(x_tee)
+    return h, m, x_tee
 
 
 def _check_link(op: str, link: object) -> None:
@@ -161,6 +164,7 @@ def grm_reproject(
     if link is not None:
         if not keep_assignment:
             raise ValueError("grm_reproject: argument 'link' needs keep_assignment=True (see joint_link)")
+        link.claim(x)
         if torch.is_grad_enabled():
             return _library.GrmReprojectJoint.apply(x, q, v, backend, link)
     if _keeps(op, keep_assignment, backend, x, q, v):
