@@ -278,7 +278,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reproject_backward(const at::Tens
   at::Tensor gv = at::empty({B, K, C}, v.options());
   if (B == 0 || C == 0 || K == 0 || P == 0) return {joint ? gx.zero_() : gx.copy_(gy), gq.zero_(), gv.zero_()};
   const at::Tensor q_acc = acc_contiguous(q, acc), v_acc = acc_contiguous(v, acc);
-  const at::Tensor qt = q_acc.transpose(1, 2).contiguous();  // [B, C, K]
+  // [B, C, K], for gx's product (none in the joint backward)
+  const at::Tensor qt = joint ? at::Tensor() : q_acc.transpose(1, 2).contiguous();
   const at::Tensor a_c = a != nullptr ? a->contiguous() : at::Tensor();
   const cpu::GrmSplit split = make_split(B, C, P, K);
   const int64_t tasks = B * split.chunks;
@@ -291,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reproject_backward(const at::Tens
                                                     view<scalar_t>(gy),
                                                     q_acc.const_data_ptr<acc_t>(),
                                                     v_acc.const_data_ptr<acc_t>(),
-                                                    qt.const_data_ptr<acc_t>(),
+                                                    joint ? nullptr : qt.const_data_ptr<acc_t>(),
                                                     joint ? nullptr : gx.mutable_data_ptr<scalar_t>(),
                                                     part_q.mutable_data_ptr<acc_t>(),
                                                     part_v.mutable_data_ptr<acc_t>(),

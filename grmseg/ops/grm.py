@@ -74,8 +74,6 @@ def joint_link(
     """
     if torch.compiler.is_compiling() or not _keeps("grm_project", keep_assignment, backend, x, w, b):
         return None
-    if not _backends.keeps_assignment("grm_reproject", x.device.type, backend):
-        return None
     return _library.JointLink() if _backends.runs_joint_backward(x.device.type, backend) else None
 
 

@@ -280,9 +280,9 @@ void gemm_nn(int64_t m, int64_t n, int64_t kd, const T* a, int64_t sa, int64_t s
   // each column block prefetches its share of the rows' bytes; the tail vectors the rest
   const int64_t step = blocks > 0 ? (next.bytes + blocks - 1) / blocks : 0;
   for_row_blocks(m, kNnRows, [&](int64_t i0, int64_t rows) {
-    const bool packs = pack != nullptr && i0 == 0;
-    const T* bi = pack != nullptr && i0 > 0 ? pack : b;
-    const int64_t ldbi = pack != nullptr && i0 > 0 ? ld_pack : ldb;
+    const bool packs = pack != nullptr && i0 == 0, packed = pack != nullptr && i0 > 0;
+    const T* bi = packed ? pack : b;
+    const int64_t ldbi = packed ? ld_pack : ldb;
     const T* c0i = c0 == nullptr ? nullptr : c0 + i0 * ldc0;
     if (blocks > 0) {
       (packs ? full_pack : full)[rows - 1](kd, a + i0 * sa, sa, sk, bi, ldbi, c0i, ldc0, c + i0 * ldc, ldc, blocks,

@@ -72,7 +72,7 @@ struct ReprojectBackwardArgs {
   MapView<T> x, gy;
   const acc_type<T>* q;   // [B, K, C]
   const acc_type<T>* v;   // [B, K, C]
-  const acc_type<T>* qt;  // [B, C, K]
+  const acc_type<T>* qt;  // [B, C, K] (null with ge: no gx product)
   T* gx;
   acc_type<T>* gqt;  // [tasks, C, K]
   acc_type<T>* gvt;  // [tasks, C, K]
