@@ -197,12 +197,12 @@ inline void stream_fence() {
 // ------------------------------------------------------------------------------------------------ gemm_nn
 // Rows [0, M) of C over `blocks` column blocks of NV vectors: C[i][j] = C0[i][j] (or 0 when c0 is null) +
 // sum_k A(i, k) B[k][j]. C0 may alias C. Block j also prefetches rows [pf_row, pf_row + pf_rows) of pf, its share
-// of pf_step bytes. With `stream`, C is written with streaming stores (C and ldc aligned: see can_stream). With
-// Pack, every vector of B read is also stored at the same place of pk (rows of ldpk): B copied on the way.
+// of pf_step bytes. With Pack, every vector of B read is also stored at the same place of pk (rows of ldpk): B
+// copied on the way.
 template <typename T, int M, int NV, bool Pack>
 void nn_block(int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_t ldb, const T* c0,
               int64_t ldc0, T* c, int64_t ldc, int64_t blocks, const Prefetch* pf, int64_t pf_row,
-              int64_t pf_rows, int64_t pf_step, bool stream, T* pk, int64_t ldpk) {
+              int64_t pf_rows, int64_t pf_step, T* pk, int64_t ldpk) {
   using V = Vec<T>;
   constexpr int64_t VL = kVL<T>, NB = NV * VL;
   for (int64_t jb = 0; jb < blocks; ++jb) {
@@ -238,23 +238,16 @@ void nn_block(int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_
         for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(ai, bv[v], acc[i][v]);
       }
     }
-    if (stream) {
 #pragma GCC unroll 16
-      for (int i = 0; i < M; ++i)
+    for (int i = 0; i < M; ++i)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) stream_store(c + i * ldc + j0 + v * VL, acc[i][v]);
-    } else {
-#pragma GCC unroll 16
-      for (int i = 0; i < M; ++i)
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[i][v].store(c + i * ldc + j0 + v * VL);
-    }
+      for (int v = 0; v < NV; ++v) acc[i][v].store(c + i * ldc + j0 + v * VL);
   }
 }
 
 template <typename T>
 using NnFn = void (*)(int64_t, const T*, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*, int64_t,
-                      int64_t, const Prefetch*, int64_t, int64_t, int64_t, bool, T*, int64_t);
+                      int64_t, const Prefetch*, int64_t, int64_t, int64_t, T*, int64_t);
 
 template <typename T, int NV, bool Pack, int... R>
 constexpr std::array<NnFn<T>, sizeof...(R)> nn_table(std::integer_sequence<int, R...>) {
@@ -263,13 +256,13 @@ constexpr std::array<NnFn<T>, sizeof...(R)> nn_table(std::integer_sequence<int, 
 
 // C[m][n] = C0[m][n] (or 0 when c0 is null) + sum_{k < kd} A(i, k) B[k][n], A(i, k) = a[i * sa + k * sk].
 // n is a multiple of the vector length. c0 may be c. `next`: prefetched on the way, rows [0, m) (see Prefetch).
-// `stream`: C written with streaming stores (requires can_stream(c, ldc)). `pack` (rows of ld_pack): B [kd][n] is
+// `pack` (rows of ld_pack): B [kd][n] is
 // also copied there, by the first block of rows as it reads B, and the other blocks read it from there. (For a B
 // whose rows alias in the caches, a power of two apart: read once where it lies, then from the copy.)
 template <typename T>
 void gemm_nn(int64_t m, int64_t n, int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_t ldb,
-             const T* c0, int64_t ldc0, T* c, int64_t ldc, const Prefetch& next = {}, bool stream = false,
-             T* pack = nullptr, int64_t ld_pack = 0) {
+             const T* c0, int64_t ldc0, T* c, int64_t ldc, const Prefetch& next = {}, T* pack = nullptr,
+             int64_t ld_pack = 0) {
   static constexpr auto full = nn_table<T, kNnVecs, false>(std::make_integer_sequence<int, kNnRows>());
   static constexpr auto single = nn_table<T, 1, false>(std::make_integer_sequence<int, kNnRows>());
   static constexpr auto full_pack = nn_table<T, kNnVecs, true>(std::make_integer_sequence<int, kNnRows>());
@@ -286,13 +279,13 @@ void gemm_nn(int64_t m, int64_t n, int64_t kd, const T* a, int64_t sa, int64_t s
     const T* c0i = c0 == nullptr ? nullptr : c0 + i0 * ldc0;
     if (blocks > 0) {
       (packs ? full_pack : full)[rows - 1](kd, a + i0 * sa, sa, sk, bi, ldbi, c0i, ldc0, c + i0 * ldc, ldc, blocks,
-                                           pf, i0, rows, step, stream, pack, ld_pack);
+                                           pf, i0, rows, step, pack, ld_pack);
     }
     if (tail > 0) {
       const int64_t j0 = blocks * NB;
       (packs ? single_pack : single)[rows - 1](kd, a + i0 * sa, sa, sk, bi + j0, ldbi,
                                                c0i == nullptr ? nullptr : c0i + j0, ldc0, c + i0 * ldc + j0, ldc,
-                                               tail, blocks > 0 ? nullptr : pf, i0, rows, next.bytes, stream,
+                                               tail, blocks > 0 ? nullptr : pf, i0, rows, next.bytes,
                                                pack == nullptr ? nullptr : pack + j0, ld_pack);
     }
   });

@@ -32,6 +32,10 @@ namespace CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kT = kGrmTile;
+// grm_reproject forward walks half tiles: it has no gemm_nt, whose horizontal sums a shorter tile would make
+// relatively dearer, and with half as much of x and y in L2 at once the next tile's prefetch no longer crowds out
+// the current one (~5% on a Zen 3).
+constexpr int64_t kReprojectTile = kT / 2;
 
 // Pixels [p, p + np) of image bi of a map, to prefetch; nothing when the map is absent or not pixel-contiguous.
 template <typename T>
@@ -39,19 +43,6 @@ Prefetch map_pixels(const MapView<T>& m, int64_t bi, int64_t p, int64_t np) {
   if (m.data == nullptr || m.sp != 1) return {};
   constexpr auto elem = static_cast<int64_t>(sizeof(T));
   return {reinterpret_cast<const char*>(m.data + bi * m.sb + p), m.sc * elem, np * elem};
-}
-
-// The tile after the one at pixel p0 of image bi of a map (the next one this thread most likely works on: the
-// next pixels, or the first ones of the next image), to prefetch.
-template <typename T>
-Prefetch next_tile(const MapView<T>& m, const GrmSplit& s, int64_t bi, int64_t p0) {
-  int64_t p = p0 + kT;
-  if (p >= s.P) {
-    if (bi + 1 >= s.B) return {};
-    ++bi;
-    p = 0;
-  }
-  return map_pixels(m, bi, p, std::min(kT, s.P - p));
 }
 
 struct TaskRange {
@@ -62,10 +53,18 @@ struct TaskRange {
         p_end(std::min(s.P, (task % s.chunks) * s.chunk_px + s.chunk_px)) {}
 };
 
-// One tile of a task: pixels [p0, p0 + np) of image bi, nc = np rounded up to whole vectors.
+// One tile of a task: pixels [p0, p0 + np) of image bi, nc = np rounded up to whole vectors; and where the tile after
+// it in the walk (see for_each_tile) starts, pixel next_p0 of image next_bi (next_bi < 0: none), to prefetch.
 struct Tile {
-  int64_t bi, p0, np, nc;
+  int64_t bi, p0, np, nc, next_bi, next_p0;
 };
+
+// The tile after t in the walk (the one this thread most likely works on next), to prefetch.
+template <typename T>
+Prefetch next_tile(const MapView<T>& m, const GrmSplit& s, const Tile& t) {
+  if (t.next_bi < 0) return {};
+  return map_pixels(m, t.next_bi, t.next_p0, std::min(t.np, s.P - t.next_p0));
+}
 
 // Tile t of a map, to prefetch (for a product after this one).
 template <typename T>
@@ -91,17 +90,6 @@ acc_t* zeroed_slot(acc_t* base, int64_t task, int64_t n) {
 template <typename T>
 void load_map_tile(const MapView<T>& m, int64_t C, const Tile& t, acc_type<T>* buf) {
   load_tile<T, acc_type<T>>(m.data + t.bi * m.sb, m.sc, m.sp, C, t.p0, t.np, t.nc, buf, tile_ld<acc_type<T>>(kT));
-}
-
-// Where the last product of a tile can write its [C, np] result straight into the output map out (a contiguous
-// [C, P] map of T) with streaming stores: a large output in the accumulation type, whole vectors, aligned rows.
-// Null otherwise (the result then goes through the tile buffer and store_tile).
-template <typename T>
-T* direct_output(T* out, int64_t P, const Tile& t, bool stream) {
-  if constexpr (std::is_same_v<T, acc_type<T>>) {
-    if (stream && t.np == t.nc && can_stream(out + t.p0, P)) return out + t.p0;
-  }
-  return nullptr;
 }
 
 // Tile t of the [B, C, P] map m read where it lies, rows of m.sc: the accumulation type, pixel-contiguous, whole
@@ -132,18 +120,15 @@ TileRead<T> read_map_tile(const MapView<T>& m, int64_t C, const Tile& t, acc_typ
 }
 
 // The last product of a tile, into the output map: out[:, p0 : p0 + np] = C0 + A B, with A [C, kd] (row stride kd),
-// B a tile buffer of row stride ld and C0 rows of ldc0 (c0 null: no C0). Straight into the map with streaming
-// stores where direct_output allows, else into buf (row stride ld, which may be c0) and from there through
-// store_tile.
+// B a tile buffer of row stride ld and C0 rows of ldc0 (c0 null: no C0): into buf (row stride ld, which may be c0),
+// and from there through store_tile, row by row (streaming stores written straight from the register blocks go to
+// six rows at a time, which the write-combining buffers take at half the rate of whole rows: on a Zen 3 that made
+// grm_reproject forward ~15% slower).
 template <typename T, typename acc_t>
 void product_to_map(int64_t C, int64_t kd, const acc_t* a, const acc_t* b, const acc_t* c0, int64_t ldc0, acc_t* buf,
                     int64_t ld, T* out, int64_t P, const Tile& t, bool stream, const Prefetch& next) {
-  if (acc_t* direct = reinterpret_cast<acc_t*>(direct_output(out, P, t, stream))) {
-    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ldc0, direct, P, next, true);
-  } else {
-    gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ldc0, buf, ld, next);
-    store_tile<T, acc_t>(buf, ld, out, P, t.p0, C, t.np, stream);
-  }
+  gemm_nn<acc_t>(C, t.nc, kd, a, kd, 1, b, ld, c0, ldc0, buf, ld, next);
+  store_tile<T, acc_t>(buf, ld, out, P, t.p0, C, t.np, stream);
 }
 
 // Tile t of the assignment a ([B, K, P], acc type) into buf (K rows of stride ld, zero-padded to t.nc columns),
@@ -158,15 +143,20 @@ void store_assignment_tile(const acc_t* buf, int64_t ld, acc_t* a, int64_t K, in
   store_tile<acc_t, acc_t>(buf, ld, a + t.bi * K * P, P, t.p0, K, t.np);
 }
 
-// Calls on_tile(tile) for every tile of every task in [begin, end), after on_task(task, image) for each task.
+// Calls on_tile(tile) for every tile of `width` pixels (a divisor of kT: chunks are whole tiles of kT) of every task
+// in [begin, end), after on_task(task, image) for each task.
 template <typename acc_t, typename OnTask, typename OnTile>
-void for_each_tile(const GrmSplit& s, int64_t begin, int64_t end, const OnTask& on_task, const OnTile& on_tile) {
+void for_each_tile(const GrmSplit& s, int64_t begin, int64_t end, const OnTask& on_task, const OnTile& on_tile,
+                   int64_t width = kT) {
   for (int64_t task = begin; task < end; ++task) {
     const TaskRange t(s, task);
     on_task(task, t.bi);
-    for (int64_t p0 = t.p_begin; p0 < t.p_end; p0 += kT) {
-      const int64_t np = std::min(kT, t.p_end - p0);
-      on_tile(Tile{t.bi, p0, np, round_up(np, kVL<acc_t>)});
+    for (int64_t p0 = t.p_begin; p0 < t.p_end; p0 += width) {
+      const int64_t np = std::min(width, t.p_end - p0);
+      // the next tile: the next pixels, or the first ones of the next image
+      const bool last = p0 + width >= s.P;
+      const int64_t next_bi = !last ? t.bi : t.bi + 1 < s.B ? t.bi + 1 : -1;
+      on_tile(Tile{t.bi, p0, np, round_up(np, kVL<acc_t>), next_bi, last ? 0 : p0 + width});
     }
   }
 }
@@ -187,11 +177,11 @@ void project_forward(const ProjectForwardArgs<T>& a, int64_t begin, int64_t end)
   for_each_tile<acc_t>(s, begin, end, on_task, [&](const Tile& t) {
     const TileRead<T> xr = read_map_tile(a.x, C, t, X);
     fill_rows(S, K, ld, t.nc, a.b);
-    gemm_nn<acc_t>(K, t.nc, C, a.w, C, 1, xr.b, xr.ldb, S, ld, S, ld, {}, false, xr.pack, ld);  // S = W X + b
+    gemm_nn<acc_t>(K, t.nc, C, a.w, C, 1, xr.b, xr.ldb, S, ld, S, ld, {}, xr.pack, ld);  // S = W X + b
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                 // A
     if (a.a != nullptr) store_assignment_tile(S, ld, a.a, K, s.P, t);
     for (int64_t k = 0; k < K; ++k) m[k] += sum_vec<acc_t>(S + k * ld, t.nc);
-    gemm_nt<acc_t>(K, C, t.nc, S, ld, X, ld, ht, K, next_tile(a.x, s, t.bi, t.p0));  // h^T += X A^T
+    gemm_nt<acc_t>(K, C, t.nc, S, ld, X, ld, ht, K, next_tile(a.x, s, t));  // h^T += X A^T
   });
 }
 
@@ -223,7 +213,7 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     const acc_t* nt = a.nt + t.bi * C * nk;
     const TileRead<T> xr = read_map_tile(a.x, C, t, X);
     fill_rows(Zw, nw, ld, t.nc, a.bg + t.bi * nw);
-    gemm_nn<acc_t>(nw, t.nc, C, wg, C, 1, xr.b, xr.ldb, Zw, ld, Zw, ld, {}, false, xr.pack,
+    gemm_nn<acc_t>(nw, t.nc, C, wg, C, 1, xr.b, xr.ldb, Zw, ld, Zw, ld, {}, xr.pack,
                    ld);  // [S; G] = [W; GH] X + [b; gm] (kept: G only)
     if (kept) {
       load_assignment_tile(a.a, K, P, t, Z, ld);  // A
@@ -234,7 +224,7 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K, this_tile(a.gx_base, t));  // gw^T += X GS^T
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
     if (joint) load_assignment_tile(a.ge, K, P, t, GE, ld);  // GE of the reprojection
-    // gx = [gx_base +] [(Q^T) GH^T W^T] [(GE;) A; GS], straight to gx when it can be, else through X; gx_base read
+    // gx = [gx_base +] [(Q^T) GH^T W^T] [(GE;) A; GS], through X; gx_base read
     // in place when it can be, else copied into X
     const acc_t* base = nullptr;
     int64_t ldb = ld;
@@ -248,7 +238,7 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
       }
     }
     product_to_map<T, acc_t>(C, nk, nt, GE, base, ldb, X, ld, a.gx + t.bi * C * P, P, t, stream,
-                             next_tile(a.x, s, t.bi, t.p0));
+                             next_tile(a.x, s, t));
   });
   stream_fence();
 }
@@ -264,14 +254,14 @@ void reproject_forward(const ReprojectForwardArgs<T>& a, int64_t begin, int64_t 
   acc_t *X = xbuf.data(), *S = sbuf.data();  // X, then y
   for_each_tile<acc_t>(s, begin, end, [](int64_t, int64_t) {}, [&](const Tile& t) {
     const TileRead<T> xr = read_map_tile(a.x, C, t, X);
-    gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, xr.b, xr.ldb, nullptr, 0, S, ld, {}, false, xr.pack,
+    gemm_nn<acc_t>(K, t.nc, C, a.q + t.bi * K * C, C, 1, xr.b, xr.ldb, nullptr, 0, S, ld, {}, xr.pack,
                    ld);  // E = Q X
     softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                      // A
     if (a.a != nullptr) store_assignment_tile(S, ld, a.a, K, P, t);
-    // y = X + V^T A, straight to y when it can be, else in place in X
+    // y = X + V^T A, in place in X, then to y
     product_to_map<T, acc_t>(C, K, a.vt + t.bi * C * K, S, X, ld, X, ld, a.y + t.bi * C * P, P, t, stream,
-                             next_tile(a.x, s, t.bi, t.p0));
-  });
+                             next_tile(a.x, s, t));
+  }, kReprojectTile);
   stream_fence();
 }
 
@@ -305,12 +295,12 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
       load_assignment_tile(a.a, K, P, t, S, ld);  // A (kept)
     } else {
       const TileRead<T> xr = read_map_tile(a.x, C, t, X);
-      gemm_nn<acc_t>(K, t.nc, C, q, C, 1, xr.b, xr.ldb, nullptr, 0, S, ld, {}, false, xr.pack, ld);  // E = Q X
+      gemm_nn<acc_t>(K, t.nc, C, q, C, 1, xr.b, xr.ldb, nullptr, 0, S, ld, {}, xr.pack, ld);  // E = Q X
       softmax_columns<acc_t>(S, K, ld, t.nc, t.np);                                                // A
     }
     if (!x_in_place) xt = X;
-    const Prefetch next_gy = next_tile(a.gy, s, t.bi, t.p0);
-    gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, gyr.b, gyr.ldb, nullptr, 0, G, ld, {}, false, gyr.pack,
+    const Prefetch next_gy = next_tile(a.gy, s, t);
+    gemm_nn<acc_t>(K, t.nc, C, a.v + t.bi * K * C, C, 1, gyr.b, gyr.ldb, nullptr, 0, G, ld, {}, gyr.pack,
                    ld);                                                                    // GA = V GY
     gemm_nt<acc_t>(K, C, t.nc, S, ld, GY, ld, gvt, K,
                    x_in_place ? this_tile(a.x, t) : next_gy);                              // gv^T += GY A^T
@@ -320,9 +310,9 @@ void reproject_backward(const ReprojectBackwardArgs<T>& a, int64_t begin, int64_
       store_assignment_tile(G, ld, a.ge, K, P, t);
       return;
     }
-    // gx = GY + Q^T GE, straight to gx when it can be, else in place in GY
+    // gx = GY + Q^T GE, in place in GY, then to gx
     product_to_map<T, acc_t>(C, K, a.qt + t.bi * C * K, G, GY, ld, GY, ld, a.gx + t.bi * C * P, P, t, stream,
-                             x_in_place ? Prefetch{} : next_tile(a.x, s, t.bi, t.p0));
+                             x_in_place ? Prefetch{} : next_tile(a.x, s, t));
   });
   stream_fence();
 }
