@@ -256,9 +256,9 @@ constexpr std::array<NnFn<T>, sizeof...(R)> nn_table(std::integer_sequence<int, 
 
 // C[m][n] = C0[m][n] (or 0 when c0 is null) + sum_{k < kd} A(i, k) B[k][n], A(i, k) = a[i * sa + k * sk].
 // n is a multiple of the vector length. c0 may be c. `next`: prefetched on the way, rows [0, m) (see Prefetch).
-// `pack` (rows of ld_pack): B [kd][n] is
-// also copied there, by the first block of rows as it reads B, and the other blocks read it from there. (For a B
-// whose rows alias in the caches, a power of two apart: read once where it lies, then from the copy.)
+// `pack` (rows of ld_pack): B [kd][n] is also copied there, by the first block of rows as it reads B, and the other
+// blocks read it from there. (For a B whose rows alias in the caches, a power of two apart: read once where it
+// lies, then from the copy.)
 template <typename T>
 void gemm_nn(int64_t m, int64_t n, int64_t kd, const T* a, int64_t sa, int64_t sk, const T* b, int64_t ldb,
              const T* c0, int64_t ldc0, T* c, int64_t ldc, const Prefetch& next = {}, T* pack = nullptr,
