@@ -446,13 +446,17 @@ def _huge_page_advised(ptr: int, nbytes: int) -> bool:
 
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"), reason="Linux with huge pages only")
 def test_cpu_large_outputs_are_advised_for_huge_pages():
-    """Outputs of 4 MiB and more (the maps of grm_reproject / grm_project) are marked for transparent huge pages
-    before their first write, so that they fault in 2 MiB at a time."""
+    """Outputs of 4 MiB and more (the maps of grm_reproject / grm_project, the dense CRF's probabilities) are marked
+    for transparent huge pages before their first write, so that they fault in 2 MiB at a time."""
     t = _grm_inputs(1, 64, 20000, 3, dtype=torch.float32)  # y: 5 MB
     y = ops.grm_reproject_keep_forward(t["x"], t["q"], t["v"])[0]
     assert _huge_page_advised(y.data_ptr(), y.numel() * 4)
     gx = ops.grm_project_backward(t["gh"], t["gm"], t["x"], t["w"], t["b"])[0]
     assert _huge_page_advised(gx.data_ptr(), gx.numel() * 4)
+    unary = torch.rand(1, 21, 224, 224).softmax(1)  # the dense CRF's fp32 output: 4.2 MB
+    image = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8)
+    q = ops.dense_crf_forward(unary, image, 1, 3.0, 3.0, 80.0, 13.0, 10.0)
+    assert q.dtype == torch.float32 and _huge_page_advised(q.data_ptr(), q.numel() * 4)
 
 
 @pytest.mark.parametrize("name", list(GRM_KERNELS))

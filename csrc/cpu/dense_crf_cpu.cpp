@@ -46,6 +46,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/output.h"
 #include "dense_crf.h"
 
 namespace grmseg {
@@ -761,7 +762,7 @@ at::Tensor dense_crf_forward_cpu(const at::Tensor& unary, const at::Tensor& imag
   crf::check_inputs(unary, image, iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
                     bilateral_weight, c10::DeviceType::CPU, who);
   const int64_t B = unary.size(0), K = unary.size(1), H = unary.size(2), W = unary.size(3), N = H * W;
-  at::Tensor out = at::empty({B, K, H, W}, unary.options().dtype(at::kFloat));
+  at::Tensor out = cpu::empty_output({B, K, H, W}, unary.options().dtype(at::kFloat));
   if (out.numel() == 0) return out.to(unary.scalar_type());
   const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
   const at::Tensor u = unary.to(at::kFloat).contiguous();
