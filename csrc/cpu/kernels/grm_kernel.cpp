@@ -224,8 +224,8 @@ void project_backward(const ProjectBackwardArgs<T>& a, int64_t begin, int64_t en
     gemm_nt<acc_t>(K, C, t.nc, G, ld, X, ld, gwt, K, this_tile(a.gx_base, t));  // gw^T += X GS^T
     for (int64_t k = 0; k < K; ++k) gb[k] += sum_vec<acc_t>(G + k * ld, t.nc);
     if (joint) load_assignment_tile(a.ge, K, P, t, GE, ld);  // GE of the reprojection
-    // gx = [gx_base +] [(Q^T) GH^T W^T] [(GE;) A; GS], through X; gx_base read
-    // in place when it can be, else copied into X
+    // gx = [gx_base +] [(Q^T) GH^T W^T] [(GE;) A; GS], through X; gx_base read in place when it can be, else
+    // copied into X
     const acc_t* base = nullptr;
     int64_t ldb = ld;
     if (a.gx_base.data != nullptr) {
