@@ -187,8 +187,9 @@ def test_auto_follows_a_level_set_at_run_time():
 @pytest.mark.parametrize("ratio", [1.85, 1.0])
 def test_auto_keeps_the_reference_where_a_forced_level_loses_to_the_blas(monkeypatch, ratio):
     """Below the CPU's best level, on a CPU whose best level runs more FMAs per cycle (the Xeon: 1.85x), the
-    reference's GEMMs (MKL, at the CPU's full width) beat grm_reproject's csrc backward: auto picks the reference
-    for it there, and csrc again at the best level. Where both levels run at one rate (Zen 4: 1.0x) csrc stays."""
+    reference's GEMMs (MKL, at the CPU's full width) beat grm_reproject's csrc forward: auto picks the reference
+    for the op called alone there (forward and backward together), and csrc again at the best level. Where both
+    levels run at one rate (Zen 4: 1.0x) csrc stays. grmseg.GRM keeps its group of kernels in csrc either way."""
     from grmseg.ops.impl import csrc
 
     levels = [lvl for lvl in _ext.cpu_capabilities() if lvl != "default"]
@@ -201,8 +202,10 @@ def test_auto_keeps_the_reference_where_a_forced_level_loses_to_the_blas(monkeyp
         assert (csrc.SLOWER_BELOW_CPU_BEST <= csrc.NOT_AUTO["cpu"]) == wider
         assert grmseg.ops.selected("grm_reproject_backward", "cpu") == ("reference" if wider else "csrc")
         assert grmseg.ops.selected("grm_reproject_backward_kept", "cpu") == ("reference" if wider else "csrc")
-        assert grmseg.ops.selected("grm_reproject_forward", "cpu") == "csrc"
+        assert grmseg.ops.selected("grm_reproject_forward", "cpu") == ("reference" if wider else "csrc")
+        assert grmseg.ops.selected("grm_reproject_keep_forward", "cpu") == ("reference" if wider else "csrc")
         assert grmseg.ops.selected("grm_reproject_backward", "cpu", "csrc") == "csrc"  # forced: still runs
+        assert grmseg.ops.joint_backend("cpu") == "csrc"  # the layer's group, chosen as a whole
         _ext.set_cpu_capability(levels[-1])
         assert grmseg.ops.selected("grm_reproject_backward", "cpu") == "csrc"
     finally:
@@ -259,3 +262,48 @@ def test_fma_peak_probe_rejects_a_level_this_cpu_or_build_lacks():
         pytest.skip("this CPU and build support every level")
     with pytest.raises(ValueError, match="not supported here"):
         grmseg._ext.cpu_fma_peak_gflops(missing[0], seconds=0.01)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 levels")
+def test_grm_layer_runs_its_group_in_one_backend_under_auto(monkeypatch):
+    """grmseg.GRM with backend="auto" runs its projection, reprojection and their joint backward in csrc as a
+    group, also where auto leaves grm_reproject called alone to the reference (a forced level below a wider best);
+    at x86-64's baseline, where the layer in csrc is slower than the reference, the group goes to the reference."""
+    from grmseg.ops import _backends
+    from grmseg.ops.impl import csrc
+
+    levels = [lvl for lvl in _ext.cpu_capabilities() if lvl != "default"]
+    if len(levels) < 2:
+        pytest.skip("needs two vector levels (AVX2 and AVX-512)")
+    ran: list[tuple[str, str]] = []
+    kernel = _backends.kernel
+
+    def logged(name, device, backend):
+        ran.append((name, _backends.selected(name, device, backend)))
+        return kernel(name, device, backend)
+
+    monkeypatch.setattr(_backends, "kernel", logged)
+    monkeypatch.setattr(csrc, "fma_rate_ratio", lambda level, best: 1.85)
+    torch.manual_seed(0)
+    layer = grmseg.GRM(16, 3, node_dim=8, key_dim=4).double()
+    x = torch.randn(2, 16, 5, 6, dtype=torch.float64, requires_grad=True)
+    wrt = (x, *layer.parameters())
+    gy = torch.randn_like(x)
+    previous = _ext.set_cpu_capability(levels[0])
+    try:
+        assert grmseg.ops.selected("grm_reproject_keep_forward", "cpu") == "reference"
+        grouped = torch.autograd.grad(layer(x), wrt, gy)
+        grm = {name: be for name, be in ran if name.startswith("grm_")}
+        assert grm == {"grm_project_keep_forward": "csrc", "grm_reproject_keep_forward": "csrc",
+                       "grm_reproject_backward_kept_joint": "csrc", "grm_project_backward_kept_joint": "csrc"}
+        _ext.set_cpu_capability("default")
+        assert grmseg.ops.joint_backend("cpu") is None
+        ran.clear()
+        split = torch.autograd.grad(layer(x), wrt, gy)
+        assert not any(name.endswith("_joint") for name, _ in ran)
+        assert {be for name, be in ran if name.startswith("grm_reproject")} == {"reference"}
+    finally:
+        monkeypatch.undo()
+        _ext.set_cpu_capability(previous)
+    for a, b in zip(grouped, split):
+        torch.testing.assert_close(a, b)

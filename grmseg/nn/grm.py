@@ -51,7 +51,9 @@ class GRM(nn.Module):
         gcn_layers: number of graph convolutions (>= 1).
         activation: GCN activation, ``"leaky_relu"`` (slope 0.2), ``"relu"`` or ``"none"``.
         eps: added to the vote mass before normalising the class centres.
-        backend: op backend, ``"auto"`` or a name from ``grmseg.ops.BACKEND_NAMES``.
+        backend: op backend, ``"auto"`` or a name from ``grmseg.ops.BACKEND_NAMES``. Under ``"auto"`` the
+            projection, the reprojection and their joint backward are chosen as one group
+            (``grmseg.ops.joint_backend``), which may differ from what ``auto`` picks for those ops called alone.
         keep_assignment: keep the two ``[B, K, P]`` assignments (pixel -> node votes, node -> pixel attention)
             from the forward for the backward where the backend can (the CPU kernels; see
             :mod:`grmseg.ops.grm`): two products over the map fewer per step for ``2 K / C`` of the input's
@@ -149,7 +151,9 @@ class GRM(nn.Module):
         # flat_tee: flat for the reprojection, so that its gradient is added inside grm_project's backward; with a
         # link, both backwards write that gradient in one pass (the CPU kernels)
         link = ops.joint_link(flat, vote_w, vote_b, backend=self.backend, keep_assignment=self.keep_assignment)
-        sums, mass, flat_tee = ops.grm_project_tee(flat, vote_w, vote_b, backend=self.backend,
+        # with a link, one backend (chosen for the pair) runs both ops
+        grm_backend = self.backend if link is None else link.backend
+        sums, mass, flat_tee = ops.grm_project_tee(flat, vote_w, vote_b, backend=grm_backend,
                                                    keep_assignment=self.keep_assignment, link=link)
         centres = sums / (mass.unsqueeze(-1) + self.eps)
         z = torch.matmul(centres, self.node_proj.to(dt))
@@ -161,6 +165,6 @@ class GRM(nn.Module):
         scale = 1.0 / math.sqrt(self.key_dim)
         q = torch.matmul(torch.matmul(z, self.key_proj.to(dt)), self.query_proj.to(dt) * scale)
         v = torch.matmul(z, self.value_proj.to(dt))
-        y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=self.backend,
+        y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=grm_backend,
                               keep_assignment=self.keep_assignment, link=link)
         return y.view(bsz, c, h, w)

@@ -5,7 +5,7 @@ Callers (``grmseg.nn``, the pipeline, users) call these functions; the backend (
 :func:`backends` for what this machine offers.
 """
 
-from grmseg.ops._backends import BACKEND_NAMES, BackendStatus, backends, keeps_assignment, selected
+from grmseg.ops._backends import BACKEND_NAMES, BackendStatus, backends, joint_backend, keeps_assignment, selected
 from grmseg.ops.affinity import boundary_affinity, local_affinity, random_walk
 from grmseg.ops.cam import cam
 from grmseg.ops.crf import dense_crf
@@ -25,6 +25,7 @@ __all__ = [
     "grm_project",
     "grm_project_tee",
     "grm_reproject",
+    "joint_backend",
     "joint_link",
     "keeps_assignment",
     "local_affinity",

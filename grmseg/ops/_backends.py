@@ -16,7 +16,7 @@ functions (``grm_project_forward``, ``grm_project_backward``, ``grm_reproject_fo
 ``KEEP_VARIANTS``) also return or read the ``[B, K, P]`` assignment; the op layer uses them only where one backend
 runs both (:func:`keeps_assignment`). The joint pair (``grm_reproject_backward_kept_joint`` /
 ``grm_project_backward_kept_joint``) is the backward of a projection and a reprojection of the same ``x`` in one
-pass over ``gx`` (``grmseg.GRM``, where the CPU kernels run both: :func:`runs_joint_backward`). Kernels get
+pass over ``gx`` (``grmseg.GRM``, where the CPU kernels run both: :func:`joint_backend`). Kernels get
 validated tensors (possibly non-contiguous) and return contiguous outputs in the input dtype.
 
 Selection happens at run time inside the registered ``torch.library`` ops, so ``torch.compile`` never traces
@@ -64,6 +64,10 @@ KEEP_VARIANTS = {
     "grm_reproject_forward": "grm_reproject_keep_forward",
     "grm_reproject_backward": "grm_reproject_backward_kept",
 }
+#: The two kernels of ``grmseg.GRM``'s joint backward, and every kernel a backend must run to serve it.
+JOINT_KERNELS = ("grm_reproject_backward_kept_joint", "grm_project_backward_kept_joint")
+JOINT_GROUP = (*JOINT_KERNELS, *(KEEP_VARIANTS[f"{op}_{phase}"] for op in ("grm_project", "grm_reproject")
+                                 for phase in ("forward", "backward")))
 ENV_VAR = "GRMSEG_BACKEND"
 _PREFERENCE = {"cuda": ("triton", "csrc", "reference"), "cpu": ("csrc", "reference")}
 _DEVICE_TYPES = ("cpu", "cuda")
@@ -169,6 +173,7 @@ def _resolve(kernel: str, device_type: str, requested: str) -> str:
 def clear_choices() -> None:
     """Forget the cached backend choices (after something they depend on changed, e.g. the CPU level)."""
     _resolve.cache_clear()
+    _resolve_joint.cache_clear()
 
 
 def selected(kernel: str, device: torch.device | str, backend: str = "auto") -> str:
@@ -197,14 +202,30 @@ def kernel(name: str, device: torch.device, backend: str) -> Callable:
     return getattr(_module(chosen), name)
 
 
-@torch.compiler.assume_constant_result
-def runs_joint_backward(device_type: str, backend: str = "auto") -> bool:
-    """Whether ``grmseg.GRM`` on ``device_type`` runs the joint backward of its projection and reprojection (see
-    ``grm_project_backward_kept_joint``): where one backend other than the reference runs the keep variants of both
-    ops and the joint pair (the CPU kernels). The reference composes the plain kept backwards, as the oracle."""
-    requested = _requested(backend)
-    names = ("grm_reproject_backward_kept_joint", "grm_project_backward_kept_joint",
-             *(KEEP_VARIANTS[f"{op}_{phase}"] for op in ("grm_project", "grm_reproject")
-               for phase in ("forward", "backward")))
-    chosen = {_resolve(name, device_type, requested) for name in names}
-    return len(chosen) == 1 and chosen != {"reference"}
+def joint_backend(device_type: str, backend: str = "auto") -> str | None:
+    """The backend that runs ``grmseg.GRM``'s projection and reprojection with their joint backward (see
+    ``grm_project_backward_kept_joint``) on ``device_type``, or None: no backend other than the reference runs all
+    of :data:`JOINT_GROUP` (the CPU kernels do; the reference composes the plain kept backwards, as the oracle).
+
+    A named backend serves the group when every kernel of it resolves to that backend. Under ``"auto"`` the group is
+    chosen as a whole: the first backend in line that implements all of it, is available, and whose ``NOT_AUTO``
+    names neither of :data:`JOINT_KERNELS`. A member that ``auto`` leaves to the reference when called on its own
+    (one level with the reference by itself, e.g. ``grm_reproject``'s at a forced level below the CPU's best) still
+    runs in that backend here: the layer is measured as one, and splitting it would lose the joint pass."""
+    return _resolve_joint(device_type, _requested(backend))
+
+
+@functools.cache
+def _resolve_joint(device_type: str, requested: str) -> str | None:
+    if requested != "auto":
+        chosen = {_resolve(name, device_type, requested) for name in JOINT_GROUP}
+        return None if len(chosen) != 1 or chosen == {"reference"} else chosen.pop()
+    for name in _PREFERENCE.get(device_type, ()):
+        if name == "reference":
+            continue
+        skip = getattr(_module(name), "NOT_AUTO", {}).get(device_type, frozenset())
+        kernels = _kernels(name, device_type)
+        if (all(k in kernels for k in JOINT_GROUP) and not skip.intersection(JOINT_KERNELS)
+                and _status(name, device_type)[0]):
+            return name
+    return None

@@ -132,11 +132,13 @@ class JointLink:
     """Joins the backward of a ``GrmProjectTee`` and of the ``GrmReprojectJoint`` of its ``x_tee`` (one per forward
     call): the reprojection's backward leaves ``(gy, ge, q)`` here instead of returning its ``gx``, and the
     projection's backward, which autograd runs after it in the same pass (``x_tee`` lies between them), takes them
-    and computes the whole ``gx`` in one pass over the map (``grm_project_backward_kept_joint``)."""
+    and computes the whole ``gx`` in one pass over the map (``grm_project_backward_kept_joint``). ``backend``: the
+    backend that runs both ops and the joint pair (see ``_backends.joint_backend``); pass it to both calls."""
 
-    __slots__ = ("_claimed", "_parts", "_tee")
+    __slots__ = ("_claimed", "_parts", "_tee", "backend")
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
         self._parts: tuple[Tensor, Tensor, Tensor] | None = None
         self._tee: weakref.ref | None = None  # the x_tee the projection handed on (weak: no cycle through ctx)
         self._claimed = False

@@ -64,17 +64,24 @@ def joint_link(
     (``[B, K, P]``) to the projection's, whose product that writes ``gx`` also adds ``gy + q^T ge``: one
     ``[B, C, P]`` map written and read fewer per step (``grmseg.GRM`` does this). It applies where both ops keep their
     assignment (``keep_assignment`` and a backend that keeps it) and one backend other than the reference runs the
-    joint kernels (the CPU kernels), in eager mode (not while ``torch.compile`` traces).
+    joint kernels (the CPU kernels), in eager mode (not while ``torch.compile`` traces). Under ``backend="auto"``
+    the backend is chosen for the pair as a whole (``_backends.joint_backend``): call both ops with
+    ``backend=link.backend``.
 
     Args:
         x, w, b, backend, keep_assignment: as for :func:`grm_project_tee`.
 
     Returns:
-        A fresh link for one forward call, or None (then call both ops without it).
+        A fresh link for one forward call (``link.backend`` names the backend that serves it), or None (then call
+        both ops without it).
     """
-    if torch.compiler.is_compiling() or not _keeps("grm_project", keep_assignment, backend, x, w, b):
+    check_backend_name(backend)
+    if torch.compiler.is_compiling():
         return None
-    return _library.JointLink() if _backends.runs_joint_backward(x.device.type, backend) else None
+    chosen = _backends.joint_backend(x.device.type, backend)
+    if chosen is None or not _keeps("grm_project", keep_assignment, chosen, x, w, b):
+        return None
+    return _library.JointLink(chosen)
 
 
 def grm_project_tee(

@@ -27,20 +27,26 @@ NAME = "csrc"
 #: 0.81-0.91x at one thread).
 SLOWER_ON_CPU = frozenset({"graph_conv_forward"})
 #: CPU kernels that are also slower than the reference when they run at the baseline instruction-set level of
-#: x86-64 (SSE2: a CPU without AVX2, or ``GRMSEG_CPU_CAPABILITY=default``), measured at the CPU benchmark sizes.
+#: x86-64 (SSE2: a CPU without AVX2, or ``GRMSEG_CPU_CAPABILITY=default``), measured at the CPU benchmark sizes. The
+#: joint pair stands for ``grmseg.GRM``'s kernels as a group (``_backends.joint_backend``): the layer with every GRM
+#: kernel in csrc is 0.42-0.43x the reference there, and grm_project's backward alone 0.44x (Xeon, B2 C256 64x64
+#: K21, 1 and 2 threads, 2026-12-03; with it in csrc, auto's layer was 0.72-0.74x the reference at this level).
 SLOWER_AT_X86_BASELINE = frozenset(
-    {"grm_project_forward", "grm_reproject_forward", "grm_reproject_backward", "graph_conv_forward",
-     "graph_conv_backward"}
+    {"grm_project_forward", "grm_project_backward", "grm_reproject_forward", "grm_reproject_backward",
+     "graph_conv_forward", "graph_conv_backward", *_backends.JOINT_KERNELS}
 )
 
 
 #: CPU kernels that are slower than the reference when they run at a level below the CPU's best (AVX2 forced on an
 #: AVX-512 CPU) on a CPU whose best level multiplies and adds more per cycle (see BLAS_WIDER): the reference's
-#: GEMMs then run in MKL at the CPU's full vector width, the kernels at less. grm_reproject's backward, five
-#: GEMM-shaped products in both, was 0.97-0.99x there (benchmarks/results/cpu-xeon-2core-fma: 1.85x the AVX2 FMA
-#: rate at AVX-512), and 1.5-1.9x on a Zen 4, whose AVX-512 runs on 256-bit units at the AVX2 rate
-#: (benchmarks/results/cpu-epyc-zen4-2core).
-SLOWER_BELOW_CPU_BEST = frozenset({"grm_reproject_backward"})
+#: GEMMs then run in MKL at the CPU's full vector width, the kernels at less. On the Xeon (1.85x the AVX2 FMA rate
+#: at AVX-512; benchmarks/results/cpu-xeon-2core-8bce763) grm_reproject's forward, two GEMM-shaped products in
+#: both, is 0.93-0.98x the reference at AVX2 (harness and interleaved runs, 1 and 2 threads), its backward
+#: 1.07-1.13x; the two stay together, so that a call's kept assignment is written and read by one backend. On a
+#: Zen 4, whose AVX-512 runs on 256-bit units at the AVX2 rate, both win (benchmarks/results/cpu-epyc-zen4-2core).
+#: ``grmseg.GRM`` still runs them in csrc with the rest of its group (``_backends.joint_backend``): the layer is
+#: 1.5-1.9x the reference that way on the Xeon at AVX2, and 12% slower with these two on the reference.
+SLOWER_BELOW_CPU_BEST = frozenset({"grm_reproject_forward", "grm_reproject_backward"})
 #: The ratio of the best level's FMA rate to the forced level's from which SLOWER_BELOW_CPU_BEST applies.
 BLAS_WIDER = 1.4
 #: How long each level's FMA probe runs for that ratio (twice per level, one thread; once a process).
