@@ -151,9 +151,7 @@ class GRM(nn.Module):
         # flat_tee: flat for the reprojection, so that its gradient is added inside grm_project's backward; with a
         # link, both backwards write that gradient in one pass (the CPU kernels)
         link = ops.joint_link(flat, vote_w, vote_b, backend=self.backend, keep_assignment=self.keep_assignment)
-        # with a link, one backend (chosen for the pair) runs both ops
-        grm_backend = self.backend if link is None else link.backend
-        sums, mass, flat_tee = ops.grm_project_tee(flat, vote_w, vote_b, backend=grm_backend,
+        sums, mass, flat_tee = ops.grm_project_tee(flat, vote_w, vote_b, backend=self.backend,
                                                    keep_assignment=self.keep_assignment, link=link)
         centres = sums / (mass.unsqueeze(-1) + self.eps)
         z = torch.matmul(centres, self.node_proj.to(dt))
@@ -165,6 +163,6 @@ class GRM(nn.Module):
         scale = 1.0 / math.sqrt(self.key_dim)
         q = torch.matmul(torch.matmul(z, self.key_proj.to(dt)), self.query_proj.to(dt) * scale)
         v = torch.matmul(z, self.value_proj.to(dt))
-        y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=grm_backend,
+        y = ops.grm_reproject(flat_tee, q.to(dt), v.to(dt), backend=self.backend,
                               keep_assignment=self.keep_assignment, link=link)
         return y.view(bsz, c, h, w)

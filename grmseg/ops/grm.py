@@ -65,8 +65,8 @@ def joint_link(
     ``[B, C, P]`` map written and read fewer per step (``grmseg.GRM`` does this). It applies where both ops keep their
     assignment (``keep_assignment`` and a backend that keeps it) and one backend other than the reference runs the
     joint kernels (the CPU kernels), in eager mode (not while ``torch.compile`` traces). Under ``backend="auto"``
-    the backend is chosen for the pair as a whole (``_backends.joint_backend``): call both ops with
-    ``backend=link.backend``.
+    the backend is chosen for the pair as a whole (``_backends.joint_backend``); both ops given the link run in
+    ``link.backend`` when their own ``backend`` is ``"auto"``.
 
     Args:
         x, w, b, backend, keep_assignment: as for :func:`grm_project_tee`.
@@ -105,6 +105,8 @@ def grm_project_tee(
     """
     _check_project("grm_project_tee", x, w, b, backend)
     _check_link("grm_project_tee", link)
+    if link is not None and backend == "auto":
+        backend = link.backend  # the backend chosen for the pair
     keep = _keeps("grm_project", keep_assignment, backend, x, w, b)
     if link is not None and not keep:
         raise ValueError("grm_project_tee: argument 'link' needs the assignment kept (see joint_link)")
@@ -167,6 +169,8 @@ def grm_reproject(
     check_backend_name(backend)
     _check_link(op, link)
     if link is not None:
+        if backend == "auto":
+            backend = link.backend  # the backend chosen for the pair
         if not keep_assignment:
             raise ValueError("grm_reproject: argument 'link' needs keep_assignment=True (see joint_link)")
         link.claim(x)
