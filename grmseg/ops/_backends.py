@@ -217,15 +217,9 @@ def joint_backend(device_type: str, backend: str = "auto") -> str | None:
 
 @functools.cache
 def _resolve_joint(device_type: str, requested: str) -> str | None:
-    if requested != "auto":
-        chosen = {_resolve(name, device_type, requested) for name in JOINT_GROUP}
-        return None if len(chosen) != 1 or chosen == {"reference"} else chosen.pop()
-    for name in _PREFERENCE.get(device_type, ()):
-        if name == "reference":
-            continue
-        skip = getattr(_module(name), "NOT_AUTO", {}).get(device_type, frozenset())
-        kernels = _kernels(name, device_type)
-        if (all(k in kernels for k in JOINT_GROUP) and not skip.intersection(JOINT_KERNELS)
-                and _status(name, device_type)[0]):
-            return name
-    return None
+    # under auto the joint pair alone decides, so that a member's own NOT_AUTO entry does not split the group
+    chosen = {_resolve(name, device_type, requested) for name in (JOINT_KERNELS if requested == "auto" else JOINT_GROUP)}
+    if len(chosen) != 1 or chosen == {"reference"}:
+        return None
+    backend = chosen.pop()
+    return backend if all(k in _kernels(backend, device_type) for k in JOINT_GROUP) else None

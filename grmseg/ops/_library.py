@@ -133,7 +133,8 @@ class JointLink:
     call): the reprojection's backward leaves ``(gy, ge, q)`` here instead of returning its ``gx``, and the
     projection's backward, which autograd runs after it in the same pass (``x_tee`` lies between them), takes them
     and computes the whole ``gx`` in one pass over the map (``grm_project_backward_kept_joint``). ``backend``: the
-    backend that runs both ops and the joint pair (see ``_backends.joint_backend``); pass it to both calls."""
+    backend that runs both ops and the joint pair (see ``_backends.joint_backend``); both calls given the link run
+    in it when their own backend is auto."""
 
     __slots__ = ("_claimed", "_parts", "_tee", "backend")
 

@@ -75,11 +75,11 @@ def joint_link(
         A fresh link for one forward call (``link.backend`` names the backend that serves it), or None (then call
         both ops without it).
     """
-    check_backend_name(backend)
     if torch.compiler.is_compiling():
         return None
     chosen = _backends.joint_backend(x.device.type, backend)
-    if chosen is None or not _keeps("grm_project", keep_assignment, chosen, x, w, b):
+    # _keeps first: it checks keep_assignment whichever backend serves the pair
+    if not _keeps("grm_project", keep_assignment, chosen or backend, x, w, b) or chosen is None:
         return None
     return _library.JointLink(chosen)
 
@@ -104,9 +104,7 @@ def grm_project_tee(
         ``h [B, K, C]``, ``m [B, K]`` as :func:`grm_project`, and ``x_tee [B, C, P]`` (``x`` itself, as a view).
     """
     _check_project("grm_project_tee", x, w, b, backend)
-    _check_link("grm_project_tee", link)
-    if link is not None and backend == "auto":
-        backend = link.backend  # the backend chosen for the pair
+    backend = _linked_backend("grm_project_tee", link, backend)
     keep = _keeps("grm_project", keep_assignment, backend, x, w, b)
     if link is not None and not keep:
         raise ValueError("grm_project_tee: argument 'link' needs the assignment kept (see joint_link)")
@@ -116,10 +114,14 @@ def grm_project_tee(
     return h, m, x_tee
 
 
-def _check_link(op: str, link: object) -> None:
-    if link is not None and not isinstance(link, _library.JointLink):
+def _linked_backend(op: str, link: object, backend: str) -> str:
+    """Check ``link``; the backend of a call given it: the link's (chosen for the pair) when ``backend`` is auto."""
+    if link is None:
+        return backend
+    if not isinstance(link, _library.JointLink):
         raise TypeError(f"{op}: argument 'link' must come from grmseg.ops.joint_link or be None, "
                         f"got {type(link).__name__}")
+    return link.backend if backend == "auto" else backend
 
 
 def _check_project(op: str, x: Tensor, w: Tensor, b: Tensor, backend: str) -> None:
@@ -167,10 +169,8 @@ def grm_reproject(
     check.same_dtype(op, "x", x, q=q, v=v)
     check.same_device(op, "x", x, q=q, v=v)
     check_backend_name(backend)
-    _check_link(op, link)
+    backend = _linked_backend(op, link, backend)
     if link is not None:
-        if backend == "auto":
-            backend = link.backend  # the backend chosen for the pair
         if not keep_assignment:
             raise ValueError("grm_reproject: argument 'link' needs keep_assignment=True (see joint_link)")
         link.claim(x)
